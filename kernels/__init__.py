@@ -1,0 +1,1 @@
+"""Kernels for the frame step, behind one op API (`kernels.ops`). Imports nothing of ours."""

@@ -1,0 +1,67 @@
+"""The op API the model calls. Two backends compute the same functions:
+
+- "torch": plain PyTorch (`kernels.reference`), on any device; the definition of each op.
+- "triton": hand-written kernels on CUDA (added by the kernels work); chosen automatically
+  for CUDA tensors when available.
+
+Signatures are built for a fixed-address, graph-capturable step: caches are preallocated
+ring buffers written in place, positions/slots/rows are device tensors, never Python ints.
+See `kernels.reference` for shapes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels import reference
+
+BACKENDS = ("auto", "torch", "triton")
+_backend = os.environ.get("DSA_KERNELS", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Choose "auto" (Triton on CUDA when available, else torch), "torch" or "triton"."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    _backend = name
+
+
+def backend() -> str:
+    return _backend
+
+
+def _impl(x: torch.Tensor):
+    """The module implementing the ops for tensors like x."""
+    if _backend == "torch":
+        return reference
+    if _backend == "triton" or (_backend == "auto" and x.is_cuda):
+        try:
+            from kernels import triton_ops  # noqa: PLC0415 (optional backend)
+        except ImportError:
+            if _backend == "triton":
+                raise RuntimeError("the triton kernel backend is not available in this build") from None
+            return reference
+        return triton_ops
+    return reference
+
+
+def qk_norm_rope_append(q, k, v, q_weight, k_weight, cos, sin, k_cache, v_cache, rows, slot, eps=1e-6):
+    return _impl(q).qk_norm_rope_append(q, k, v, q_weight, k_weight, cos, sin, k_cache, v_cache, rows, slot, eps)
+
+
+def frame_attention(q, k_cache, v_cache, rows, start, count):
+    return _impl(q).frame_attention(q, k_cache, v_cache, rows, start, count)
+
+
+def modulated_layer_norm(x, shift, scale, eps=1e-6):
+    return _impl(x).modulated_layer_norm(x, shift, scale, eps)
+
+
+def gated_residual(x, y, gate):
+    return _impl(x).gated_residual(x, y, gate)
+
+
+rms_norm = reference.rms_norm
+apply_rope = reference.apply_rope
