@@ -1,0 +1,431 @@
+"""Quality of a world model against the scene engine's own frames, on held-out seeds.
+
+    python -m sim.eval --checkpoint runs/maze/teacher                  # 8 seeds, horizon 64
+    python -m sim.eval --checkpoint runs/maze/teacher --steps 8 16 32  # one pass per step count
+
+For every policy (the scene's exploration policy "random" and its moving tour "explore")
+the real scene is rolled for K + H ticks from held-out world seeds (10**9 + i, never seen
+in training), one engine session per seed, all in one batch. Then:
+
+  (a) next frame, real context: prompt with real frames 0..K-1, then for j = 0..H-1 step
+      with the real action and observe the real frame, so every generated frame K + j
+      follows real context. Scored against real frame K + j; the copy baseline is real
+      frame K + j - 1 against it.
+  (b) free rollout: prompt again with frames 0..K-1, then H steps on the model's own
+      frames. Horizon h = 1..H is generated frame K - 1 + h; its copy baseline is the last
+      prompt frame K - 1 (the real frame h steps earlier).
+
+Game frames often barely change, so each figure stands beside its copy baseline: a model is
+judged by how far it beats copying. Means and medians both, since a few frames where the
+view moves dominate the mean. Writes into --out: eval.json (summaries + config),
+eval_values.npz (every per-seed value), rollout.png (PSNR/SSIM vs horizon, model vs copy)
+and strip_<policy>_<setting>.png (real row over generated row at a few horizons).
+
+The measuring functions (`collect_real`, `eval_next_frame`, `eval_rollout`) take any object
+with the engine's interface, so tests drive them with a fake engine and the DSA eval
+(quality against mean steps, `--dsa`, not written yet) reuses them: see `step_settings`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from sim.metrics import laplacian_variance, psnr, ssim, summarize
+
+HELD_OUT_SEED_BASE = 10 ** 9    # world seeds >= this are never used for training
+POLICIES = ("random", "explore")
+STRIP_HORIZONS = (1, 2, 4, 8, 16, 32, 64)
+TABLE_HORIZONS = (1, 8, 16, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# real frames
+
+
+@dataclass
+class RealClips:
+    """What the scene engine did for B held-out seeds under one policy.
+
+    frames[:, t] is the frame after tick t; actions[:, t] is the key vector that produced it
+    (zeros for t = 0, the frame right after reset). The first `context` frames prompt the
+    model; the remaining T - context are what it is scored on.
+    """
+    scene: str
+    policy: str
+    seeds: list[int]
+    context: int
+    frames: np.ndarray   # uint8 [B, T, H, W, 3], T = context + horizon
+    actions: np.ndarray  # float32 [B, T, A]
+
+    @property
+    def horizon(self) -> int:
+        return self.frames.shape[1] - self.context
+
+
+def held_out_seeds(n: int) -> list[int]:
+    return [HELD_OUT_SEED_BASE + i for i in range(n)]
+
+
+def collect_real(scene: Any, policy: str, seeds: Sequence[int], context: int, horizon: int,
+                 height: int = 128, width: int = 128, progress: bool = True) -> RealClips:
+    """Roll the real scene for context + horizon ticks, one env per seed, all batched.
+
+    scene: a scene name (built with `scenes.make_batch` at height x width) or a `Game`
+    instance already built with len(seeds) envs.
+    """
+    from scenes.core import make_policy
+
+    if isinstance(scene, str):
+        import scenes  # every scene module, only when one is asked for by name
+        game = scenes.make_batch(scene, len(seeds), width=width, height=height)
+    else:
+        game = scene
+        if game.num_envs != len(seeds):
+            raise ValueError(f"the game has {game.num_envs} envs but {len(seeds)} seeds were given")
+    pol = make_policy(game, policy, seed=int(seeds[0]))
+    B, T, A = len(seeds), context + horizon, game.num_actions
+    frames = np.empty((B, T, game.height, game.width, 3), dtype=np.uint8)
+    actions = np.zeros((B, T, A), dtype=np.float32)
+    frames[:, 0] = game.reset(list(seeds))
+    pol.reset()
+    for t in tqdm(range(1, T), desc=f"real {game.name}/{policy}", disable=not progress, leave=False):
+        keys = pol(game)  # bool [B, A]
+        game.step(keys)
+        actions[:, t] = keys
+        frames[:, t] = game.render()
+    return RealClips(game.name, policy, [int(s) for s in seeds], context, frames, actions)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+@dataclass
+class Scores:
+    """Per-session scores of one measurement, all [B, H]: column j is the j-th scored frame
+    (next-frame: frame K + j; rollout: horizon j + 1)."""
+    psnr: np.ndarray
+    ssim: np.ndarray
+    copy_psnr: np.ndarray
+    copy_ssim: np.ndarray
+    sharpness: np.ndarray       # laplacian variance of the generated frames
+    real_sharpness: np.ndarray  # ... and of the real ones, for scale
+    steps: np.ndarray           # from the engine's reports
+    latency_ms: np.ndarray
+    confidence: np.ndarray
+    first_session: np.ndarray   # uint8 [H, h, w, 3]: generated frames of session 0, for strips
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.__dict__.items() if k != "first_session"}
+
+
+def _frames_np(x: Any) -> np.ndarray:
+    """Engine output (numpy or torch, any device) -> uint8 numpy."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.uint8)
+
+
+def _score(sim: Any, real: RealClips, observe: bool, desc: str, progress: bool) -> Scores:
+    """Prompt with the first K real frames, step H times, score step j against real frame K + j.
+
+    observe=True feeds real frame K + j back as context (next-frame eval); False lets the
+    model run on its own frames (free rollout). The baseline copies real frame K + j - 1
+    (next-frame) or K - 1 (rollout).
+    """
+    K, H = real.context, real.horizon
+    B = real.frames.shape[0]
+    sim.reset(real.frames[:, :K], real.actions[:, :K])
+    if sim.num_sessions != B:
+        raise ValueError(f"the engine holds {sim.num_sessions} sessions but {B} seeds are measured; "
+                         f"load it with num_sessions={B}")
+    generated = np.empty((B, H, *real.frames.shape[2:]), dtype=np.uint8)  # [B, H, h, w, 3]
+    reports = np.empty((3, B, H))  # steps, latency_ms, confidence
+    for j in tqdm(range(H), desc=desc, disable=not progress, leave=False):
+        t = K + j
+        out, rep = sim.step(real.actions[:, t], observe=real.frames[:, t] if observe else None)
+        generated[:, j] = _frames_np(out)
+        for b, r in enumerate(rep):
+            reports[:, b, j] = r.get("steps", math.nan), r.get("latency_ms", math.nan), r.get("confidence", math.nan)
+    target = real.frames[:, K:]                                        # [B, H, h, w, 3]
+    if observe:
+        copy = real.frames[:, K - 1:-1]                                # frame t - 1 for every t
+    else:
+        copy = np.broadcast_to(real.frames[:, K - 1:K], target.shape)  # the last prompt frame
+    return Scores(psnr=psnr(generated, target), ssim=ssim(generated, target),
+                  copy_psnr=psnr(copy, target), copy_ssim=ssim(copy, target),
+                  sharpness=laplacian_variance(generated), real_sharpness=laplacian_variance(target),
+                  steps=reports[0], latency_ms=reports[1], confidence=reports[2],
+                  first_session=generated[0])
+
+
+def eval_next_frame(sim: Any, real: RealClips, progress: bool = True) -> Scores:
+    """(a) every frame generated from real context; scores [B, H] against real frames K..K+H-1."""
+    return _score(sim, real, observe=True, desc=f"next-frame {real.policy}", progress=progress)
+
+
+def eval_rollout(sim: Any, real: RealClips, progress: bool = True) -> Scores:
+    """(b) free rollout from a real prompt; scores [B, H], column h - 1 is horizon h."""
+    return _score(sim, real, observe=False, desc=f"rollout {real.policy}", progress=progress)
+
+
+def summarize_next_frame(s: Scores) -> dict:
+    """Over seeds x frames: {metric: {mean, median, p10, p90, n}}."""
+    return {k: summarize(v) for k, v in s.arrays().items()}
+
+
+def summarize_rollout(s: Scores) -> dict:
+    """Per horizon, over seeds: {"horizon": [1..H], metric: {"mean": [H], "median": [H]}}."""
+    out: dict[str, Any] = {"horizon": list(range(1, s.psnr.shape[1] + 1))}
+    with warnings.catch_warnings():  # all-NaN columns (engines without confidence) stay NaN quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k, v in s.arrays().items():
+            out[k] = {"mean": np.nanmean(v, axis=0).tolist(), "median": np.nanmedian(v, axis=0).tolist()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# settings: what the engine is asked to do while it is measured
+
+
+def step_settings(steps: Sequence[int] | None) -> list[tuple[str, Callable[[Any], None]]]:
+    """(label, configure(sim)) for each sampler setting to measure, one after another.
+
+    No --steps measures the engine as loaded. This is where the DSA eval plugs in: `--dsa`
+    will add settings for fixed k = 1..k_max and for adaptive confidence thresholds, each
+    measured by the same functions; the reports' `steps` then give quality vs mean steps.
+    """
+    if not steps:
+        return [("default", lambda sim: None)]
+
+    def fixed(n: int) -> Callable[[Any], None]:
+        def configure(sim: Any) -> None:
+            sim.sampler_steps = n
+        return configure
+
+    return [(f"steps{n}", fixed(int(n))) for n in steps]
+
+
+def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
+             policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
+             out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True) -> dict:
+    """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
+
+    scene: a scene name, or a `Game` built with len(seeds) envs (see `collect_real`).
+    Returns the eval.json dict.
+    """
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    K = int(context or sim.context_frames)
+    if K < sim.context_frames:
+        raise ValueError(f"the model needs {sim.context_frames} context frames, got --context {K}")
+    height, width = frame_size(sim)
+    settings = step_settings(steps)
+    results: dict[str, dict] = {}
+    values: dict[str, np.ndarray] = {}
+    strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for policy in policies:
+        real = collect_real(scene, policy, seeds, K, horizon, height, width, progress)
+        results[policy] = {}
+        for label, configure in settings:
+            configure(sim)
+            nxt, roll = eval_next_frame(sim, real, progress), eval_rollout(sim, real, progress)
+            results[policy][label] = {"sampler_steps": getattr(sim, "sampler_steps", None),
+                                      "next_frame": summarize_next_frame(nxt),
+                                      "rollout": summarize_rollout(roll)}
+            for kind, s in (("next_frame", nxt), ("rollout", roll)):
+                for k, v in s.arrays().items():
+                    values[f"{policy}/{label}/{kind}/{k}"] = v
+            hs = [h for h in STRIP_HORIZONS if h <= real.horizon]
+            write_strip(out / f"strip_{policy}_{label}.png",
+                        [real.frames[0, K - 1 + h] for h in hs], [roll.first_session[h - 1] for h in hs])
+    report = {"config": dict(config or {}, seeds=[int(s) for s in seeds], horizon=horizon, context=K,
+                             policies=list(policies), steps=list(steps) if steps else None,
+                             resolution=[height, width], settings=[label for label, _ in settings],
+                             date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+              "results": results, "wall_s": round(time.time() - t0, 1)}
+    (out / "eval.json").write_text(json.dumps(_json_clean(report), indent=2) + "\n")
+    np.savez_compressed(out / "eval_values.npz", **values)
+    plot_rollout(out / "rollout.png", results)
+    return report
+
+
+def frame_size(sim: Any) -> tuple[int, int]:
+    """(H, W) of the engine's frames: `frame_shape` (H, W, 3), else `resolution`, else 128x128."""
+    shape = getattr(sim, "frame_shape", None) or getattr(sim, "resolution", None) or (128, 128)
+    return int(shape[0]), int(shape[1])
+
+
+def _json_clean(x: Any) -> Any:
+    """NaN/inf -> None (strict JSON has neither); numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures and the table
+
+
+def write_strip(path: Path, real: list[np.ndarray], generated: list[np.ndarray], gap: int = 2) -> None:
+    """Real frames on top, generated below, one column per horizon (1, 2, 4, ... 64), upscaled 2x."""
+    import imageio.v3 as iio
+
+    h, w, _ = real[0].shape
+    n = len(real)
+    canvas = np.full((2 * h + gap, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, (r, g) in enumerate(zip(real, generated)):
+        x = i * (w + gap)
+        canvas[:h, x:x + w] = r
+        canvas[h + gap:, x:x + w] = g
+    iio.imwrite(path, canvas.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def plot_rollout(path: Path, results: dict) -> None:
+    """PSNR (top) and SSIM (bottom) vs horizon, one column per policy: model vs copy, mean solid, median dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    policies = list(results)
+    fig, axes = plt.subplots(2, len(policies), figsize=(5.5 * len(policies), 7), squeeze=False)
+    for col, policy in enumerate(policies):
+        for row, metric in enumerate(("psnr", "ssim")):
+            ax = axes[row, col]
+            copy_drawn = False
+            for label, res in results[policy].items():
+                r = res["rollout"]
+                line, = ax.plot(r["horizon"], r[metric]["mean"], label=f"model {label} mean")
+                ax.plot(r["horizon"], r[metric]["median"], "--", color=line.get_color(), label=f"model {label} median")
+                if not copy_drawn:  # the baseline does not depend on the setting
+                    ax.plot(r["horizon"], r[f"copy_{metric}"]["mean"], color="0.4", label="copy mean")
+                    ax.plot(r["horizon"], r[f"copy_{metric}"]["median"], "--", color="0.4", label="copy median")
+                    copy_drawn = True
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # 1 2 4 8, not 2^0 2^1
+            ax.set_xlabel("horizon (frames)")
+            ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+            ax.set_title(f"{policy}: free rollout {metric.upper()}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(report: dict) -> str:
+    """Next-frame PSNR/SSIM and rollout PSNR at a few horizons, model beside copy."""
+    H = report["config"]["horizon"]
+    hs = [h for h in TABLE_HORIZONS if h <= H]
+    head = (f"{'policy':<9}{'setting':<10}{'next PSNR mean/med':>20}{'copy mean/med':>16}{'next SSIM':>11}{'copy':>7}"
+            + "".join(f"{f'h={h} PSNR':>14}" for h in hs))
+    lines = [head, "-" * len(head)]
+
+    def f(x: Any, spec: str = ".1f") -> str:
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    for policy, by_setting in report["results"].items():
+        for label, res in by_setting.items():
+            n, r = res["next_frame"], res["rollout"]
+            row = (f"{policy:<9}{label:<10}"
+                   f"{f(n['psnr']['mean']) + ' / ' + f(n['psnr']['median']):>20}"
+                   f"{f(n['copy_psnr']['mean']) + ' / ' + f(n['copy_psnr']['median']):>16}"
+                   f"{f(n['ssim']['mean'], '.3f'):>11}{f(n['copy_ssim']['mean'], '.3f'):>7}")
+            row += "".join(f"{f(r['psnr']['mean'][h - 1]) + ' (' + f(r['copy_psnr']['mean'][h - 1]) + ')':>14}" for h in hs)
+            lines.append(row)
+    lines.append("rollout columns: model mean (copy mean) in dB; PSNR capped at 100 dB for identical frames")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def load_world_sim(checkpoint: str, num_sessions: int, device: str | None) -> Any:
+    """The real engine, with one session per seed."""
+    from sim.engine import WorldSim
+
+    if "num_sessions" in inspect.signature(WorldSim.load).parameters:
+        return WorldSim.load(checkpoint, num_sessions=num_sessions, device=device)
+    return WorldSim.load(checkpoint, device=device)
+
+
+def default_checkpoint(scene: str | None) -> str:
+    from sim.bundle import shipped_checkpoint
+
+    folder = shipped_checkpoint(scene or "maze")
+    if folder is None:
+        sys.exit(f"no shipped checkpoint for scene {scene or 'maze'!r} in this install; pass --checkpoint DIR "
+                 "(the output of `python -m sim.train --stage teacher` or later)")
+    return str(folder)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sim.eval", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="world checkpoint folder (default: the shipped one for --scene)")
+    p.add_argument("--scene", default=None, help="scene to measure on (default: the checkpoint's)")
+    p.add_argument("--seeds", type=int, default=8, help=f"held-out world seeds {HELD_OUT_SEED_BASE} + i, one session each")
+    p.add_argument("--horizon", type=int, default=64, help="frames scored per seed (and longest rollout)")
+    p.add_argument("--context", type=int, default=None, help="prompt frames (default: the model's context_frames)")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="sampler steps per frame; several values run one after another")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), help="action sources")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
+    p.add_argument("--out", default="runs/eval", help="folder for eval.json and the PNGs")
+    # --dsa (quality vs mean steps for fixed k and adaptive thresholds) goes here; see step_settings
+    args = p.parse_args(argv)
+    if args.seeds < 1 or args.horizon < 1:
+        p.error("--seeds and --horizon must be >= 1")
+    if args.steps and min(args.steps) < 1:
+        p.error("--steps values must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    checkpoint = args.checkpoint or default_checkpoint(args.scene)
+    seeds = held_out_seeds(args.seeds)
+    try:
+        sim = load_world_sim(checkpoint, len(seeds), args.device)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError and says what to do
+        sys.exit(f"error: {e}")
+    scene = args.scene or sim.scene
+    if not scene:
+        sys.exit(f"checkpoint {checkpoint} names no scene; pass --scene")
+    if sim.scene and scene != sim.scene:
+        print(f"warning: measuring a {sim.scene!r} model on scene {scene!r}", file=sys.stderr)
+    ckpt_id = getattr(sim, "checkpoint_id", None) or getattr(sim, "config", {}).get("id")
+    print(f"eval: {checkpoint} (id {ckpt_id}) on {scene}, device {getattr(sim, 'device', args.device)}, "
+          f"{len(seeds)} seeds, horizon {args.horizon}")
+    report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
+                      steps=args.steps, out=args.out,
+                      config={"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
+                              "device": str(getattr(sim, "device", args.device)),
+                              "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])})
+    print(format_table(report))
+    print(f"wrote {Path(args.out) / 'eval.json'}, rollout.png and strips in {report['wall_s']} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The eval's bookkeeping, proved with fake engines whose scores are known in advance.
+
+An oracle engine that returns the real frames must score the PSNR cap and SSIM 1 and beat
+copying; an engine that repeats its last context frame must equal the copy baseline
+exactly, in both modes. The oracle also checks, at every step, that it is handed the action
+that produced the frame it is asked for and (next-frame mode) that very frame to observe,
+so an off-by-one anywhere in the loop fails here.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import sim.eval as ev
+from scenes.core import Game, PersistentRandom, Policy
+from sim.metrics import PSNR_CAP_DB
+
+SIZE = 32
+K, H = 3, 8
+
+
+# ---- a tiny deterministic scene ---------------------------------------------------------------
+class AlwaysRight(Policy):
+    """The moving tour: holds "right" every tick, never idle."""
+
+    def __call__(self, game):
+        keys = np.zeros((self.num_envs, self.num_actions), dtype=bool)
+        keys[:, 1] = True
+        return keys
+
+
+class Square(Game):
+    """A 6x6 square on a seeded background, moved 2 px per tick by the arrow keys."""
+    name = "square"
+    ACTIONS = ("left", "right", "up", "down")
+    POLICIES = {"random": lambda game, seed: PersistentRandom(game, seed, hold=(1, 3), p_idle=0.3),
+                "explore": AlwaysRight}
+
+    def _reset(self, env_ids, seeds):
+        if not hasattr(self, "pos"):
+            self.pos = np.zeros((self.num_envs, 2), dtype=np.int64)
+            self.background = np.zeros((self.num_envs, self.height, self.width, 3), dtype=np.uint8)
+        for i, s in zip(env_ids, seeds):
+            rng = np.random.default_rng(int(s))
+            self.pos[i] = rng.integers(0, self.height, 2)
+            self.background[i] = rng.integers(0, 120, (self.height, self.width, 3))
+
+    def _step(self, keys):
+        dx = keys[:, 1].astype(int) - keys[:, 0]
+        dy = keys[:, 3].astype(int) - keys[:, 2]
+        self.pos = (self.pos + 2 * np.stack([dy, dx], axis=1)) % [self.height, self.width]
+        return np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool)
+
+    def render(self):
+        frames = self.background.copy()
+        for i, (y, x) in enumerate(self.pos):
+            ys, xs = (y + np.arange(6)) % self.height, (x + np.arange(6)) % self.width
+            frames[i][np.ix_(ys, xs)] = (250, 220, 40)
+        return frames
+
+    def coverage(self):
+        return np.zeros(self.num_envs, dtype=np.float32)
+
+
+# ---- fake engines -----------------------------------------------------------------------------
+class FakeSim:
+    scene = "square"
+    context_frames = K
+    frame_shape = (SIZE, SIZE, 3)
+
+    def __init__(self, num_sessions):
+        self.num_sessions = num_sessions
+        self.sampler_steps = 4
+
+    def report(self):
+        return [{"steps": self.sampler_steps, "latency_ms": 1.0, "confidence": 0.5}] * self.num_sessions
+
+
+class OracleSim(FakeSim):
+    """Returns exactly the real next frame, found by matching the prompt to known clips."""
+
+    def __init__(self, num_sessions, clips):
+        super().__init__(num_sessions)
+        self.clips = clips
+
+    def reset(self, frames, actions):
+        matches = [c for c in self.clips if np.array_equal(c.frames[:, :K], frames)]
+        assert len(matches) == 1, "prompt is not the first K real frames of a known clip"
+        self.clip, self.t = matches[0], K
+        np.testing.assert_array_equal(actions, self.clip.actions[:, :K])
+
+    def step(self, actions, observe=None):
+        np.testing.assert_array_equal(actions, self.clip.actions[:, self.t])  # the action producing frame t
+        if observe is not None:
+            np.testing.assert_array_equal(observe, self.clip.frames[:, self.t])
+        frames = self.clip.frames[:, self.t].copy()
+        self.t += 1
+        return frames, self.report()
+
+
+class CopySim(FakeSim):
+    """Repeats its newest context frame: the copy baseline, as an engine."""
+
+    def reset(self, frames, actions):
+        assert frames.shape[1] == K and actions.shape[:2] == frames.shape[:2]
+        self.last = frames[:, -1].copy()
+
+    def step(self, actions, observe=None):
+        out = self.last.copy()
+        self.last = observe.copy() if observe is not None else out
+        return out, self.report()
+
+
+def clips_for(policy, n=3):
+    seeds = ev.held_out_seeds(n)
+    return ev.collect_real(Square(n, SIZE, SIZE), policy, seeds, K, H, progress=False)
+
+
+# ---- tests -------------------------------------------------------------------------------------
+def test_collect_real_is_deterministic_and_aligned():
+    a, b = clips_for("random"), clips_for("random")
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.frames.shape == (3, K + H, SIZE, SIZE, 3) and a.actions.shape == (3, K + H, 4)
+    assert a.horizon == H and a.seeds[0] == 10 ** 9
+    assert not a.actions[:, 0].any()  # nothing produced the reset frame
+    # frame t is the game after ticks 1..t: replaying the recorded actions reproduces it
+    game = Square(3, SIZE, SIZE)
+    np.testing.assert_array_equal(game.reset(a.seeds), a.frames[:, 0])
+    for t in range(1, K + H):
+        game.step(a.actions[:, t].astype(bool))
+        np.testing.assert_array_equal(game.render(), a.frames[:, t])
+
+
+@pytest.mark.parametrize("policy", ["random", "explore"])
+def test_oracle_engine_hits_the_cap_and_beats_copy(policy):
+    real = clips_for(policy)
+    sim = OracleSim(3, [real])
+    for s in (ev.eval_next_frame(sim, real, progress=False), ev.eval_rollout(sim, real, progress=False)):
+        assert s.psnr.shape == (3, H)
+        assert np.all(s.psnr == PSNR_CAP_DB) and np.allclose(s.ssim, 1.0)
+        np.testing.assert_array_equal(s.sharpness, s.real_sharpness)
+        assert np.all(s.steps == 4) and np.all(s.confidence == 0.5)
+        np.testing.assert_array_equal(s.first_session, real.frames[0, K:])
+    if policy == "explore":  # the square moves every tick, so copying is never exact
+        assert np.all(s.copy_psnr < PSNR_CAP_DB)
+
+
+@pytest.mark.parametrize("policy", ["random", "explore"])
+def test_copy_engine_equals_copy_baseline_exactly(policy):
+    real = clips_for(policy)
+    sim = CopySim(3)
+    nxt, roll = ev.eval_next_frame(sim, real, progress=False), ev.eval_rollout(sim, real, progress=False)
+    for s in (nxt, roll):
+        np.testing.assert_array_equal(s.psnr, s.copy_psnr)
+        np.testing.assert_array_equal(s.ssim, s.copy_ssim)
+    # the two baselines agree at horizon 1 (both: frame K - 1 vs frame K) and differ later
+    np.testing.assert_array_equal(nxt.copy_psnr[:, 0], roll.copy_psnr[:, 0])
+    if policy == "explore":
+        assert np.all(roll.copy_psnr[:, 1:] != nxt.copy_psnr[:, 1:])
+
+
+def test_engine_with_wrong_session_count_is_refused():
+    real = clips_for("explore")
+    with pytest.raises(ValueError, match="num_sessions=3"):
+        ev.eval_next_frame(CopySim(2), real, progress=False)
+
+
+def test_run_eval_writes_everything(tmp_path):
+    seeds = ev.held_out_seeds(2)
+    sim = CopySim(2)
+    report = ev.run_eval(sim, Square(2, SIZE, SIZE), seeds, horizon=H, steps=[2, 5], out=tmp_path,
+                         config={"checkpoint_id": "fake"}, progress=False)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["config"]["checkpoint_id"] == "fake" and saved["config"]["seeds"] == seeds
+    assert saved["config"]["context"] == K and saved["config"]["resolution"] == [SIZE, SIZE]
+    assert set(saved["results"]) == {"random", "explore"}
+    for policy in ("random", "explore"):
+        assert set(saved["results"][policy]) == {"steps2", "steps5"}
+        res = saved["results"][policy]["steps5"]
+        assert res["sampler_steps"] == 5  # the setting was applied before measuring
+        assert res["next_frame"]["psnr"]["n"] == 2 * H
+        assert res["next_frame"]["psnr"] == res["next_frame"]["copy_psnr"]
+        assert res["rollout"]["horizon"] == list(range(1, H + 1)) and len(res["rollout"]["psnr"]["median"]) == H
+        assert (tmp_path / f"strip_{policy}_steps2.png").stat().st_size > 0
+    assert (tmp_path / "rollout.png").stat().st_size > 0
+    values = np.load(tmp_path / "eval_values.npz")
+    assert values["explore/steps2/rollout/psnr"].shape == (2, H)
+    table = ev.format_table(report)
+    assert "explore" in table and "h=8 PSNR" in table
+
+
+def test_strip_layout(tmp_path):
+    import imageio.v3 as iio
+    real = [np.full((SIZE, SIZE, 3), 10 * i, np.uint8) for i in range(3)]
+    gen = [np.full((SIZE, SIZE, 3), 200 + i, np.uint8) for i in range(3)]
+    ev.write_strip(tmp_path / "s.png", real, gen)
+    img = iio.imread(tmp_path / "s.png")
+    assert img.shape == (2 * (2 * SIZE + 2), 2 * (3 * SIZE + 2 * 2), 3)
+    assert (img[0, 2 * (SIZE + 2)] == 10).all() and (img[-1, -1] == 202).all()
+
+
+def test_context_shorter_than_the_model_needs_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="context frames"):
+        ev.run_eval(CopySim(2), Square(2, SIZE, SIZE), ev.held_out_seeds(2), horizon=2, context=K - 1,
+                    out=tmp_path, progress=False)
+
+
+def test_command_line_on_a_real_scene(tmp_path, monkeypatch):
+    try:
+        import scenes
+    except ImportError as e:
+        pytest.skip(f"scenes not importable yet ({e})")
+    name = scenes.names()[0]
+
+    def fake_load(checkpoint, num_sessions, device):
+        sim = CopySim(num_sessions)
+        sim.scene = name
+        return sim
+
+    monkeypatch.setattr(ev, "load_world_sim", fake_load)
+    report = ev.main(["--checkpoint", "fake", "--seeds", "2", "--horizon", "4", "--out", str(tmp_path)])
+    assert report["config"]["scene"] == name
+    for policy in ("random", "explore"):
+        n = report["results"][policy]["default"]["next_frame"]
+        assert n["psnr"] == n["copy_psnr"] and n["psnr"]["n"] == 8
