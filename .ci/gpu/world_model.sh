@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The world-model recipe on one GPU: autoencoder, then teacher, then the quality eval.
+#   bash .ci/gpu/world_model.sh [scene] [ae_minutes] [teacher_minutes]
+# Logs go to runs/<scene>/logs/ (so a background run survives between device calls);
+# `bash .ci/gpu/collect.sh` copies what is worth keeping into $OUT.
+source .ci/gpu/setup.sh
+SCENE=${1:-maze}; AE_MIN=${2:-4}; TEACHER_MIN=${3:-18}
+RUN=runs/$SCENE; LOGS=$RUN/logs; mkdir -p "$LOGS"
+python3 -m sim.train --stage ae --scene "$SCENE" --preset small --minutes "$AE_MIN" \
+  --batch-size 32 --lr 1e-3 --warmup-steps 100 --workers 12 --out "$RUN" > "$LOGS/ae.log" 2>&1
+python3 -m sim.train --stage teacher --scene "$SCENE" --preset small --minutes "$TEACHER_MIN" \
+  --batch-size 64 --workers 12 --compile --out "$RUN" > "$LOGS/teacher.log" 2>&1
+python3 -m sim.eval --checkpoint "$RUN/teacher/checkpoint" --steps 8 16 32 --out "$RUN/eval" > "$LOGS/eval.log" 2>&1
+echo done > "$LOGS/DONE"

@@ -1,0 +1,175 @@
+"""The engine: a trained world as a steppable simulator for B sessions at once.
+
+    sim = WorldSim.load("runs/maze/teacher", num_sessions=4)
+    sim.reset(frames, actions)          # prompt: uint8 [B, K, H, W, 3], float32 [B, K, A]
+    frames, reports = sim.step(actions)  # uint8 [B, H, W, 3], one report dict per session
+
+Each session is a row of one batch with its own KV-cache row, its own noise stream and its
+own frame counter. The engine never needs a scene: it is given context frames.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sim.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
+from sim.bundle import load_world
+from sim.model import WorldModel
+from sim.sampler import SamplerConfig, commit_frame, sample_frame
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device the entry point asked for, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class WorldSim:
+    def __init__(self, model: WorldModel, ae: Autoencoder, config: dict | None = None,
+                 num_sessions: int = 1, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, sampler: SamplerConfig | None = None, seed: int = 0,
+                 verbose: bool = False):
+        self.device = pick_device(str(device) if device is not None else None)
+        # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are several times slower
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.ae = ae.to(self.device, self.dtype).eval()
+        self.config = config or {}
+        self.num_sessions = int(num_sessions)
+        self.sampler = sampler or SamplerConfig()
+        self.cache = self.model.setup_cache(self.num_sessions, self.device, self.dtype)
+        cfg = self.model.cfg
+        self.latent_shape = (cfg.latent_channels, cfg.latent_h, cfg.latent_w)
+        self.action_dim = cfg.action_dim
+        self.frame_shape = (cfg.latent_h * 8, cfg.latent_w * 8, 3)
+        self._generators = [torch.Generator().manual_seed(seed + i) for i in range(self.num_sessions)]
+        self._prompted = np.zeros(self.num_sessions, dtype=bool)
+        if verbose:
+            print(f"dsa-sim engine: {self.device} {str(self.dtype).replace('torch.', '')}, "
+                  f"{self.num_sessions} session(s), scene {self.scene!r}")
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, num_sessions: int = 1, device=None, **kwargs) -> "WorldSim":
+        model, ae, config = load_world(Path(checkpoint), device="cpu")
+        return cls(model, ae, config, num_sessions=num_sessions, device=device, **kwargs)
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def scene(self) -> str | None:
+        return self.config.get("scene")
+
+    @property
+    def actions(self) -> list[str]:
+        return list(self.config.get("actions", []))
+
+    @property
+    def context_frames(self) -> int:
+        """Frames a prompt should hold: the whole window the model attends to."""
+        return self.model.cfg.window
+
+    @property
+    def sampler_steps(self) -> int:
+        return self.sampler.steps
+
+    @sampler_steps.setter
+    def sampler_steps(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {steps}")
+        self.sampler.steps = int(steps)
+
+    # ---- input checks ------------------------------------------------------------------------
+    def _actions(self, actions, n: int) -> torch.Tensor:
+        a = np.asarray(actions, dtype=np.float32) if not isinstance(actions, torch.Tensor) else actions.float().cpu().numpy()
+        if a.shape != (n, self.action_dim):
+            raise ValueError(f"actions must have shape ({n}, {self.action_dim}) ({self.actions or 'key vector'}), got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("actions must be finite (got NaN or inf)")
+        return torch.from_numpy(a).to(self.device, self.dtype)
+
+    def _frames(self, frames, lead: tuple[int, ...]) -> np.ndarray:
+        f = np.asarray(frames)
+        if f.dtype != np.uint8 or f.shape != (*lead, *self.frame_shape):
+            raise ValueError(f"frames must be uint8 {(*lead, *self.frame_shape)}, got {f.dtype} {f.shape}")
+        return f
+
+    def _rows(self, sessions) -> torch.Tensor:
+        ids = np.arange(self.num_sessions) if sessions is None else np.asarray(sessions, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_sessions):
+            raise IndexError(f"sessions must lie in [0, {self.num_sessions}), got {ids.tolist()}")
+        return torch.as_tensor(ids, device=self.device)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> latents [B, C, h, w] in the engine's dtype."""
+        return self.ae.encode(frames_to_tensor(frames, self.device).to(self.dtype))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        return tensor_to_frames(self.ae.decode(z)).cpu().numpy()
+
+    def _noise(self, rows: torch.Tensor) -> torch.Tensor:
+        z = torch.stack([torch.randn(self.latent_shape, generator=self._generators[int(r)]) for r in rows.tolist()])
+        return z.to(self.device, self.dtype)
+
+    # ---- sessions ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, frames, actions, sessions=None, seeds=None) -> None:
+        """Prompt sessions with K real frames [B, K, H, W, 3] and the actions that produced them [B, K, A].
+
+        sessions: which rows (default all). seeds: per-session noise seeds (default unchanged).
+        """
+        rows = self._rows(sessions)
+        B = rows.numel()
+        f = np.asarray(frames)
+        if f.ndim != 5 or f.shape[0] != B or f.shape[1] < 1:
+            raise ValueError(f"prompt frames must be uint8 [{B}, K, H, W, 3] with K >= 1, got {f.dtype} {f.shape}")
+        K = f.shape[1]
+        f = self._frames(f, (B, K))
+        a = self._actions(np.asarray(actions, dtype=np.float32).reshape(B * K, -1), B * K).view(B, K, -1)
+        if seeds is not None:
+            for r, s in zip(rows.tolist(), np.broadcast_to(np.asarray(seeds), (B,)).tolist()):
+                self._generators[r].manual_seed(int(s))
+        self.cache.reset(rows)
+        z = self.encode(f.reshape(B * K, *self.frame_shape)).view(B, K, *self.latent_shape)
+        for k in range(K):
+            commit_frame(self.model, self.cache, z[:, k], a[:, k], self.sampler, rows)
+        self._prompted[rows.cpu().numpy()] = True
+
+    @torch.no_grad()
+    def step(self, actions, observe=None, sessions=None) -> tuple[np.ndarray, list[dict]]:
+        """Generate the next frame of each session under `actions` [B, A].
+
+        observe: real next frames uint8 [B, H, W, 3]; when given, they (not the generated
+        frames) become the context for what follows (teacher-forced evaluation).
+        Returns the generated frames uint8 [B, H, W, 3] and one report per session.
+        """
+        rows = self._rows(sessions)
+        B = rows.numel()
+        if not self._prompted[rows.cpu().numpy()].all():
+            raise RuntimeError("prompt every session with reset(frames, actions) before step()")
+        a = self._actions(actions, B)
+        t0 = time.perf_counter()
+        x0 = sample_frame(self.model, self.cache, a, self._noise(rows), self.sampler, rows)
+        context = x0 if observe is None else self.encode(self._frames(observe, (B,)))
+        commit_frame(self.model, self.cache, context, a, self.sampler, rows)
+        frames = self.decode(x0)  # the copy to host synchronises the device
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        passes = self.sampler.steps * (2 if self.sampler.guidance != 1.0 else 1)
+        reports = [{"steps": self.sampler.steps, "passes": passes + 1, "latency_ms": latency_ms, "confidence": float("nan")}
+                   for _ in range(B)]
+        return frames, reports
+
+    def snapshot(self, session: int) -> dict:
+        """A copy of one session's state (cache, noise stream), to branch from with `restore`."""
+        return {"cache": self.cache.snapshot(session), "rng": self._generators[session].get_state().clone(),
+                "prompted": bool(self._prompted[session])}
+
+    def restore(self, session: int, snap: dict) -> None:
+        self.cache.restore(session, snap["cache"])
+        self._generators[session].set_state(snap["rng"])
+        self._prompted[session] = snap["prompted"]

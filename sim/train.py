@@ -1,0 +1,413 @@
+"""Training stages: `python -m sim.train --stage ae|teacher [--preset small] [--scene maze] [--minutes 10]`.
+
+    ae       the autoencoder, on frames streamed from the scene
+    teacher  the action-conditioned causal DiT, many-step, by teacher forcing (flow matching)
+
+Each stage writes into <out>/<stage>/:
+    checkpoint/     the usable result (EMA weights for the teacher), a world checkpoint
+    state/          everything needed to resume (weights, EMA, optimizer), same format
+    metrics.jsonl   one JSON object per logged step
+A stage resumes from state/ when it exists; `--minutes` is the time box of this invocation.
+Runs on CPU (tiny preset) and on CUDA with bf16 autocast; under `torchrun` it uses
+DistributedDataParallel (rank 0 logs and saves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import scenes
+from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss, frames_to_tensor
+from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
+from sim.checkpoint import load_checkpoint, save_checkpoint
+from sim.data import ClipConfig, scene_loader
+from sim.metrics import psnr
+from sim.model import ModelConfig, WorldModel, count_params
+from sim.sampler import shift_levels
+
+STAGES = ("ae", "teacher")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "teacher"
+    scene: str = "maze"
+    preset: str = "small"  # model preset; the autoencoder preset of the same name (base/large -> base)
+    out: str = "runs/maze"
+    minutes: float = 10.0  # time box of this invocation
+    max_steps: int = 0  # stop after this many total steps (0 = only the time box)
+    batch_size: int = 32  # clips per step (per rank)
+    clip_frames: int = 12
+    width: int = 128
+    height: int = 128
+    lr: float = 3e-4
+    warmup_steps: int = 300
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    workers: int = 4  # data worker processes (per rank)
+    seed: int = 0
+    compile: bool = False  # torch.compile the model (CUDA)
+    log_every: int = 25
+    save_every_minutes: float = 5.0
+    ae: str = ""  # teacher: autoencoder checkpoint (default <out>/ae/checkpoint)
+    # teacher: flow matching
+    level_shift: float = 2.0  # training noise levels: shift(sigmoid(N(0, 1)))
+    context_noise: float = 0.1  # context frames get a level in [0, this] ...
+    context_noise_prob: float = 0.5  # ... with this probability, else stay clean
+    action_dropout: float = 0.1  # per frame: the null action, so guidance on actions is possible
+    replay_clips: int = 8192  # encoded clips kept on the device, sampled each step
+    refill_every: int = 1  # pull one fresh batch from the scene every this many steps
+
+
+# ---- distributed helpers ---------------------------------------------------------------------------
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun: one process per GPU (or gloo on CPU)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+# ---- state that survives a restart ----------------------------------------------------------------
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"opt.{i}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict] = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, i, k = name.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point parameters."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # short memory early on
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+# ---- data on the device ---------------------------------------------------------------------------
+class LatentReplay:
+    """A ring of encoded clips on the device: training samples from it, the scene refills it.
+
+    Decouples the step rate from the rate the scene renders at: each rendered clip is seen a
+    few times, at different noise levels, instead of the GPU waiting for the CPU.
+    """
+
+    def __init__(self, capacity: int, T: int, latent_shape: tuple, action_dim: int, device, dtype=torch.bfloat16):
+        self.z = torch.empty((capacity, T, *latent_shape), device=device, dtype=dtype)
+        self.a = torch.empty((capacity, T, action_dim), device=device)
+        self.capacity, self.size, self.head = capacity, 0, 0
+
+    def add(self, z: torch.Tensor, a: torch.Tensor) -> None:
+        n = z.shape[0]
+        idx = (self.head + torch.arange(n, device=z.device)) % self.capacity
+        self.z[idx], self.a[idx] = z.to(self.z.dtype), a.to(self.a.dtype)
+        self.head = (self.head + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.size, (n,), device=self.z.device)
+        return self.z[idx].float(), self.a[idx]
+
+
+@torch.no_grad()
+def encode_clips(ae: Autoencoder, frames: torch.Tensor, device, chunk: int = 256) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> latents [B, T, C, h, w] (fp32)."""
+    B, T = frames.shape[:2]
+    flat = frames.reshape(B * T, *frames.shape[2:])
+    out = []
+    for i in range(0, flat.shape[0], chunk):
+        x = frames_to_tensor(flat[i:i + chunk], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(ae.encode(x).float())
+    z = torch.cat(out)
+    return z.view(B, T, *z.shape[1:])
+
+
+def heldout_frames(scene: str, n: int, width: int, height: int) -> np.ndarray:
+    """n frames from held-out worlds (seeds >= 10**9) under the moving tour, for quick checks."""
+    from sim.data import HELD_OUT_SEED_BASE
+    envs = min(n, 8)
+    game = scenes.make_batch(scene, envs, width=width, height=height)
+    game.reset(HELD_OUT_SEED_BASE + np.arange(envs))
+    policy = scenes.make_policy(game, "explore", seed=HELD_OUT_SEED_BASE)
+    frames = []
+    while sum(len(f) for f in frames) < n:
+        for _ in range(7):  # frames a few ticks apart
+            game.step(policy(game))
+        frames.append(game.render())
+    return np.concatenate(frames)[:n]
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        if cfg.stage not in STAGES:
+            raise SystemExit(f"unknown stage {cfg.stage!r}; choose one of {STAGES}")
+        if cfg.scene not in scenes.names():
+            raise SystemExit(f"unknown scene {cfg.scene!r}; choose one of {scenes.names()}")
+        self.cfg = cfg
+        self.rank, self.world, self.device = setup_distributed()
+        torch.manual_seed(cfg.seed + self.rank)
+        self.dir = Path(cfg.out) / cfg.stage
+        self.main = self.rank == 0
+        self.amp = self.device.type == "cuda"
+        game_cls = scenes.game_class(cfg.scene)
+        self.action_names = list(game_cls.ACTIONS)
+        ae_preset = cfg.preset if cfg.preset in AE_PRESETS else "base"
+        if cfg.stage == "ae":
+            self.ae = Autoencoder(AutoencoderConfig.from_name(ae_preset)).to(self.device)
+            self.module = self.ae
+            clip_frames = 2
+        else:
+            ae_dir = Path(cfg.ae or Path(cfg.out) / "ae" / "checkpoint")
+            self.ae, _ = load_autoencoder(ae_dir, device=self.device)
+            self.ae.requires_grad_(False)
+            ae_cfg = self.ae.config
+            self.model = WorldModel(ModelConfig.from_name(
+                cfg.preset, action_dim=len(self.action_names), latent_channels=ae_cfg.latent_channels,
+                latent_h=cfg.height // 8, latent_w=cfg.width // 8)).to(self.device)
+            self.model.confidence.requires_grad_(False)  # trained by the distill stage
+            self.module = self.model
+            clip_frames = cfg.clip_frames
+        self.opt = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.module, cfg.ema)
+        self.step = 0
+        self.frames_seen = 0
+        self.minutes_done = 0.0
+        self._resume()
+        self.net = self.module
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        data_cfg = ClipConfig(scene=cfg.scene, clip_frames=clip_frames, batch_size=cfg.batch_size,
+                              width=cfg.width, height=cfg.height, seed=cfg.seed + 1000 * self.step)
+        self.loader = iter(scene_loader(data_cfg, num_workers=cfg.workers, rank=self.rank, world_size=self.world,
+                                        pin_memory=self.device.type == "cuda"))
+        if self.main:
+            n = count_params(self.module)
+            print(f"dsa-sim train: stage {cfg.stage}, scene {cfg.scene}, preset {cfg.preset}, {n / 1e6:.2f}M params, "
+                  f"device {self.device}{' x' + str(self.world) if self.world > 1 else ''}, "
+                  f"{'bf16 autocast' if self.amp else 'fp32'}, resuming at step {self.step}" if self.step else
+                  f"dsa-sim train: stage {cfg.stage}, scene {cfg.scene}, preset {cfg.preset}, {n / 1e6:.2f}M params, "
+                  f"device {self.device}{' x' + str(self.world) if self.world > 1 else ''}, {'bf16 autocast' if self.amp else 'fp32'}")
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state = self.dir / "state"
+        if not (state / "manifest.json").exists():
+            return
+        config, tensors = load_checkpoint(state, device=self.device)
+        self.module.load_state_dict(unprefixed("net", tensors))
+        self.ema.shadow = {k: v.float() for k, v in unprefixed("ema", tensors).items()}
+        load_optimizer_tensors(self.opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
+        self.step, self.frames_seen = config["step"], config["frames_seen"]
+        self.minutes_done = config.get("minutes", 0.0)
+
+    def _record(self, minutes: float) -> dict:
+        return {"stage": self.cfg.stage, "steps": self.step, "frames": self.frames_seen,
+                "minutes": round(minutes, 2), "batch_size": self.cfg.batch_size * self.world,
+                "world_size": self.world, "config": asdict(self.cfg)}
+
+    def save(self, minutes: float, metrics: dict | None = None) -> None:
+        if not self.main:
+            return
+        record = self._record(minutes)
+        tensors = {**prefixed("net", self.module), **{f"ema.{k}": v for k, v in self.ema.shadow.items()},
+                   **optimizer_tensors(self.opt)}
+        save_checkpoint(self.dir / "state", {"step": self.step, "frames_seen": self.frames_seen, "minutes": minutes,
+                                              "record": record}, tensors)
+        # the usable checkpoint carries the EMA weights
+        live = {k: v.clone() for k, v in self.module.state_dict().items()}
+        self.module.load_state_dict({k: v.to(live[k].dtype) for k, v in self.ema.shadow.items()})
+        base = {"scene": self.cfg.scene, "actions": self.action_names, "resolution": [self.cfg.height, self.cfg.width],
+                "training": record, "metrics": metrics or {}}
+        if self.cfg.stage == "ae":
+            save_world(self.dir / "checkpoint", base, self.ae)
+        else:
+            save_world(self.dir / "checkpoint", base, self.ae, self.model)
+        self.module.load_state_dict(live)
+
+    # ---- one step ------------------------------------------------------------------------------
+    def ae_step(self) -> dict:
+        batch = next(self.loader)
+        frames = batch["frames"].flatten(0, 1)  # (B*T, H, W, 3)
+        x = frames_to_tensor(frames, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, metrics = ae_loss(self.module if self.cfg.compile else self.net, x)
+        self.frames_seen += x.shape[0] * self.world
+        return loss, metrics
+
+    def teacher_step(self) -> dict:
+        cfg = self.cfg
+        if self.step % cfg.refill_every == 0 or self.replay.size < cfg.batch_size:
+            batch = next(self.loader)
+            self.replay.add(encode_clips(self.ae, batch["frames"], self.device), batch["actions"].to(self.device))
+        z, a = self.replay.sample(cfg.batch_size)  # (B, T, C, h, w), (B, T, A)
+        B, T = z.shape[:2]
+        noise = torch.randn_like(z)
+        s = shift_levels(torch.sigmoid(torch.randn(B, T, device=self.device)), cfg.level_shift)
+        x = (1 - s[..., None, None, None]) * z + s[..., None, None, None] * noise
+        s_ctx = torch.rand(B, T, device=self.device) * cfg.context_noise
+        s_ctx = torch.where(torch.rand(B, T, device=self.device) < cfg.context_noise_prob, s_ctx, torch.zeros_like(s_ctx))
+        ctx = (1 - s_ctx[..., None, None, None]) * z + s_ctx[..., None, None, None] * torch.randn_like(z)
+        drop = torch.rand(B, T, device=self.device) < cfg.action_dropout
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            v = self.net(x, s, a, ctx, s_ctx, drop)
+        loss = F.mse_loss(v.float(), noise - z)
+        self.frames_seen += B * T * self.world
+        return loss, {"loss": loss.item()}
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if cfg.stage == "teacher":
+            mcfg = self.model.cfg
+            self.replay = LatentReplay(cfg.replay_clips, cfg.clip_frames,
+                                       (mcfg.latent_channels, mcfg.latent_h, mcfg.latent_w), mcfg.action_dim, self.device)
+        step_fn = self.ae_step if cfg.stage == "ae" else self.teacher_step
+        t_start = time.time()
+        deadline = t_start + cfg.minutes * 60
+        last_save, last_log, frames_at_log = t_start, t_start, self.frames_seen
+        log = open(self.dir / "metrics.jsonl", "a") if self.main else None
+        bar = tqdm(total=int(cfg.minutes * 60), unit="s", desc=f"{cfg.stage}", disable=not self.main,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total}s {postfix}")
+        self.module.train()
+        metrics: dict = {}
+        while True:
+            now = time.time()
+            stop = now >= deadline or (cfg.max_steps and self.step >= cfg.max_steps)
+            if any_rank(bool(stop), self.device):
+                break
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, cfg)
+            loss, metrics = step_fn()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], cfg.grad_clip)
+            self.opt.step()
+            self.ema.update(self.module, self.step)
+            self.step += 1
+            if self.step % cfg.log_every == 0 and self.main:
+                now = time.time()
+                fps = (self.frames_seen - frames_at_log) / max(now - last_log, 1e-9)
+                last_log, frames_at_log = now, self.frames_seen
+                row = {"step": self.step, **metrics, "grad_norm": float(gnorm), "lr": lr_at(self.step, cfg),
+                       "frames_per_s": round(fps, 1), "frames": self.frames_seen, "elapsed_s": round(now - t_start, 1)}
+                if self.device.type == "cuda":
+                    row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix_str(f"step {self.step} loss {metrics.get('loss', float('nan')):.4f} {fps:,.0f} frames/s")
+                bar.n = min(bar.total, int(now - t_start))
+                bar.refresh()
+            if time.time() - last_save > cfg.save_every_minutes * 60:
+                self.save(self.minutes_done + (time.time() - t_start) / 60)
+                last_save = time.time()
+        bar.close()
+        minutes = self.minutes_done + (time.time() - t_start) / 60
+        final = self.finish()
+        self.save(minutes, final)
+        if self.main:
+            summary = {"stage": cfg.stage, "steps": self.step, "frames": self.frames_seen, "minutes": round(minutes, 2), **final}
+            log.write(json.dumps({"summary": summary}) + "\n")
+            log.close()
+            print(json.dumps(summary))
+            return summary
+        return {}
+
+    @torch.no_grad()
+    def finish(self) -> dict:
+        """End-of-stage figures (rank 0): the autoencoder's held-out PSNR and its latent scale."""
+        if not self.main or self.cfg.stage != "ae":
+            return {}
+        self.ae.eval()
+        frames = heldout_frames(self.cfg.scene, 256, self.cfg.width, self.cfg.height)
+        ema_ae = Autoencoder(self.ae.config).to(self.device)
+        ema_ae.load_state_dict({k: v.to(self.device) for k, v in self.ema.shadow.items()})
+        train_frames = next(self.loader)["frames"].flatten(0, 1)
+        scale = ema_ae.fit_latent_scale(train_frames)
+        self.ema.shadow["latent_scale"] = torch.tensor(scale, device=self.device)
+        x = frames_to_tensor(frames, self.device)
+        rec = torch.cat([ema_ae.decode(ema_ae.encode(x[i:i + 64])) for i in range(0, len(x), 64)])
+        from sim.autoencoder import tensor_to_frames
+        val = float(np.mean(psnr(tensor_to_frames(rec).cpu().numpy(), frames)))
+        print(f"autoencoder: held-out PSNR {val:.2f} dB over {len(frames)} frames, latent scale {scale:.4f}")
+        return {"heldout_psnr_db": round(val, 3), "latent_scale": scale}
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m sim.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            kw = {"choices": STAGES} if f.name == "stage" else {}
+            p.add_argument(flag, type=kind, default=f.default, **kw)
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv=None) -> None:
+    Trainer(parse_args(argv)).run()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
