@@ -62,13 +62,14 @@ class TrainConfig:
     log_every: int = 25
     save_every_minutes: float = 5.0
     ae: str = ""  # teacher: autoencoder checkpoint (default <out>/ae/checkpoint)
+    init: str = ""  # start from this checkpoint's weights with a fresh optimizer (when there is no state to resume)
     # teacher: flow matching
     level_shift: float = 2.0  # training noise levels: shift(sigmoid(N(0, 1)))
     context_noise: float = 0.1  # context frames get a level in [0, this] ...
     context_noise_prob: float = 0.5  # ... with this probability, else stay clean
     action_dropout: float = 0.1  # per frame: the null action, so guidance on actions is possible
     replay_clips: int = 8192  # encoded clips kept on the device, sampled each step
-    refill_every: int = 1  # pull one fresh batch from the scene every this many steps
+    refill_every: int = 2  # pull one fresh batch from the scene every this many steps
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------
@@ -207,17 +208,25 @@ class Trainer:
         self.action_names = list(game_cls.ACTIONS)
         ae_preset = cfg.preset if cfg.preset in AE_PRESETS else "base"
         if cfg.stage == "ae":
-            self.ae = Autoencoder(AutoencoderConfig.from_name(ae_preset)).to(self.device)
+            if cfg.init:
+                self.ae, _ = load_autoencoder(cfg.init, device=self.device)
+            else:
+                self.ae = Autoencoder(AutoencoderConfig.from_name(ae_preset)).to(self.device)
             self.module = self.ae
             clip_frames = 2
         else:
-            ae_dir = Path(cfg.ae or Path(cfg.out) / "ae" / "checkpoint")
+            ae_dir = Path(cfg.ae or cfg.init or Path(cfg.out) / "ae" / "checkpoint")
             self.ae, _ = load_autoencoder(ae_dir, device=self.device)
             self.ae.requires_grad_(False)
             ae_cfg = self.ae.config
             self.model = WorldModel(ModelConfig.from_name(
                 cfg.preset, action_dim=len(self.action_names), latent_channels=ae_cfg.latent_channels,
                 latent_h=cfg.height // 8, latent_w=cfg.width // 8)).to(self.device)
+            if cfg.init:
+                init_model, _, _ = load_world(cfg.init)
+                if init_model.cfg != self.model.cfg:
+                    raise SystemExit(f"--init {cfg.init} holds a {init_model.cfg} model, not the {cfg.preset} preset asked for")
+                self.model.load_state_dict(init_model.state_dict())
             self.model.confidence.requires_grad_(False)  # trained by the distill stage
             self.module = self.model
             clip_frames = cfg.clip_frames

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The world-model recipe on one GPU: autoencoder, then teacher, then the quality eval.
-#   bash .ci/gpu/world_model.sh [scene] [ae_minutes] [teacher_minutes]
-# Logs go to runs/<scene>/logs/ (so a background run survives between device calls);
-# `bash .ci/gpu/collect.sh` copies what is worth keeping into $OUT.
+#   bash .ci/gpu/world_model.sh [scene] [ae_minutes] [teacher_minutes] [init_checkpoint]
+# Logs go to runs/<scene>/logs/ so a background run (setsid) survives between device calls;
+# `bash .ci/gpu/collect.sh` copies logs, metrics and a bf16 checkpoint into $OUT.
+# With an init checkpoint (a world checkpoint from an earlier run) both stages warm-start.
 source .ci/gpu/setup.sh
-SCENE=${1:-maze}; AE_MIN=${2:-4}; TEACHER_MIN=${3:-18}
+SCENE=${1:-maze}; AE_MIN=${2:-4}; TEACHER_MIN=${3:-18}; INIT=${4:-}
 RUN=runs/$SCENE; LOGS=$RUN/logs; mkdir -p "$LOGS"
-python3 -m sim.train --stage ae --scene "$SCENE" --preset small --minutes "$AE_MIN" \
+if [ "$AE_MIN" != 0 ]; then
+python3 -m sim.train --stage ae --scene "$SCENE" --preset small --minutes "$AE_MIN" ${INIT:+--init "$INIT"} \
   --batch-size 32 --lr 1e-3 --warmup-steps 100 --workers 12 --out "$RUN" > "$LOGS/ae.log" 2>&1
+fi
 python3 -m sim.train --stage teacher --scene "$SCENE" --preset small --minutes "$TEACHER_MIN" \
-  --batch-size 64 --workers 12 --compile --out "$RUN" > "$LOGS/teacher.log" 2>&1
+  ${INIT:+--init "$INIT"} --ae "$RUN/ae/checkpoint" --save-every-minutes 3 \
+  --batch-size 64 --workers 14 --compile --out "$RUN" > "$LOGS/teacher.log" 2>&1
 python3 -m sim.eval --checkpoint "$RUN/teacher/checkpoint" --steps 8 16 32 --out "$RUN/eval" > "$LOGS/eval.log" 2>&1
 echo done > "$LOGS/DONE"
