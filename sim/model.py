@@ -251,8 +251,9 @@ class WorldModel(nn.Module):
 
     def condition(self, s: torch.Tensor, actions: torch.Tensor, drop_action: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """s [...], actions [..., A], drop [...] bool -> (c [..., D], time embedding [..., D])."""
-        t_emb = self.time_mlp(timestep_embedding(s, self.cfg.d_model))
-        a_emb = self.action_mlp(actions.float())
+        dtype = self.time_mlp[0].weight.dtype  # fp32 in training (autocast casts), bf16 when served in bf16
+        t_emb = self.time_mlp(timestep_embedding(s, self.cfg.d_model).to(dtype))
+        a_emb = self.action_mlp(actions.to(dtype))
         if drop_action is not None:
             a_emb = torch.where(drop_action[..., None], self.null_action.to(a_emb.dtype), a_emb)
         return F.silu(t_emb + a_emb), t_emb
