@@ -1,0 +1,35 @@
+"""Shared fixtures for the world-model tests: a tiny world checkpoint made on the fly."""
+import pytest
+import torch
+
+from sim.autoencoder import Autoencoder, AutoencoderConfig
+from sim.bundle import save_world
+from sim.model import ModelConfig, WorldModel
+
+MAZE_ACTIONS = ["forward", "back", "turn_left", "turn_right", "strafe_left", "strafe_right"]
+
+
+def tiny_world(seed: int = 0, size: int = 32):
+    """A randomly initialised tiny model + autoencoder for `size`x`size` maze frames."""
+    torch.manual_seed(seed)
+    ae = Autoencoder(AutoencoderConfig.from_name("tiny"))
+    cfg = ModelConfig.from_name("tiny", action_dim=6, latent_channels=ae.config.latent_channels,
+                                latent_h=size // 8, latent_w=size // 8)
+    model = WorldModel(cfg)
+    with torch.no_grad():  # zero-initialised output layers would make every frame the same
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval(), ae.eval()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_world():
+    return tiny_world
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    model, ae = tiny_world()
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-maze"
+    save_world(folder, {"scene": "maze", "actions": MAZE_ACTIONS, "resolution": [32, 32]}, ae, model)
+    return folder

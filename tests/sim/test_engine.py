@@ -1,0 +1,122 @@
+"""The engine: sessions, determinism, teacher-forced context, branching, bad input, checkpoints."""
+import numpy as np
+import pytest
+
+from sim.checkpoint import CheckpointError
+from sim.engine import WorldSim
+from sim.sampler import SamplerConfig
+from sim.bundle import save_world
+
+K, A = 3, 6
+
+
+def prompt(B, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (B, K, 32, 32, 3), dtype=np.uint8)
+    actions = (rng.random((B, K, A)) > 0.5).astype(np.float32)
+    return frames, actions
+
+
+def actions(B, t):
+    a = np.zeros((B, A), np.float32)
+    a[:, t % A] = 1
+    return a
+
+
+def sim_of(ckpt, B, seed=0, steps=3):
+    return WorldSim.load(ckpt, num_sessions=B, device="cpu", sampler=SamplerConfig(steps=steps), seed=seed)
+
+
+def rollout(sim, n, observe=None):
+    return [sim.step(actions(sim.num_sessions, t), None if observe is None else observe[t])[0] for t in range(n)]
+
+
+def test_step_shapes_reports_and_determinism(tiny_checkpoint):
+    runs = []
+    for _ in range(2):
+        sim = sim_of(tiny_checkpoint, 2)
+        sim.reset(*prompt(2))
+        frames, reports = sim.step(actions(2, 0))
+        assert frames.shape == (2, 32, 32, 3) and frames.dtype == np.uint8
+        assert [r["steps"] for r in reports] == [3, 3] and all(r["latency_ms"] > 0 for r in reports)
+        runs.append([frames] + rollout(sim, 4))
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+def test_batched_sessions_equal_sessions_run_alone(tiny_checkpoint):
+    f, a = prompt(3, seed=1)
+    both = sim_of(tiny_checkpoint, 3)
+    both.reset(f, a, seeds=[10, 11, 12])
+    together = rollout(both, 5)
+    for b in range(3):
+        alone = sim_of(tiny_checkpoint, 1)
+        alone.reset(f[b:b + 1], a[b:b + 1], seeds=[10 + b])
+        for t, frames in enumerate(rollout(alone, 5)):
+            np.testing.assert_allclose(frames[0].astype(int), together[t][b].astype(int), atol=1)
+
+
+def test_observed_real_frames_replace_the_models_own_context(tiny_checkpoint):
+    f, a = prompt(1, seed=2)
+    real = np.random.default_rng(3).integers(0, 256, (6, 1, 32, 32, 3), dtype=np.uint8)
+    free, forced = sim_of(tiny_checkpoint, 1), sim_of(tiny_checkpoint, 1)
+    free.reset(f, a)
+    forced.reset(f, a)
+    out_free, out_forced = rollout(free, 6), rollout(forced, 6, observe=real)
+    assert np.array_equal(out_free[0], out_forced[0])  # same context for the first frame
+    assert not np.array_equal(out_free[-1], out_forced[-1])
+
+
+def test_snapshot_restore_branches_a_session(tiny_checkpoint):
+    sim = sim_of(tiny_checkpoint, 2)
+    sim.reset(*prompt(2, seed=4))
+    rollout(sim, 2)
+    snap = sim.snapshot(0)
+    first = [sim.step(actions(2, t))[0][0] for t in range(3)]
+    sim.restore(1, snap)
+    second = [sim.step(actions(2, t))[0][1] for t in range(3)]
+    for x, y in zip(first, second):
+        assert np.array_equal(x, y)
+
+
+def test_bad_input_gets_one_clear_error(tiny_checkpoint):
+    sim = sim_of(tiny_checkpoint, 2)
+    with pytest.raises(RuntimeError, match="reset"):
+        sim.step(actions(2, 0))
+    sim.reset(*prompt(2))
+    with pytest.raises(ValueError, match=r"\(2, 6\)"):
+        sim.step(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        sim.step(np.full((2, 6), np.nan, np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        sim.reset(np.zeros((2, K, 64, 64, 3), np.uint8), prompt(2)[1])
+    with pytest.raises(IndexError):
+        sim.reset(*prompt(1), sessions=[5])
+
+
+def test_checkpoint_round_trip_gives_the_same_world(tmp_path, make_tiny_world):
+    model, ae = make_tiny_world(seed=5)
+    direct = WorldSim(model, ae, num_sessions=1, device="cpu", sampler=SamplerConfig(steps=2))
+    save_world(tmp_path / "w", {"scene": "maze", "actions": list("abcdef"), "resolution": [32, 32]}, ae, model)
+    loaded = WorldSim.load(tmp_path / "w", device="cpu", sampler=SamplerConfig(steps=2))
+    assert loaded.scene == "maze" and loaded.config["id"]
+    for sim in (direct, loaded):
+        sim.reset(*prompt(1, seed=6))
+    for t in range(3):
+        assert np.array_equal(direct.step(actions(1, t))[0], loaded.step(actions(1, t))[0])
+
+
+def test_corrupt_or_wrong_checkpoints_are_named(tmp_path, make_tiny_world):
+    model, ae = make_tiny_world(seed=7)
+    save_world(tmp_path / "w", {"scene": "maze"}, ae, model)
+    weights = sorted((tmp_path / "w").glob("weights-*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=weights.name):
+        WorldSim.load(tmp_path / "w")
+    save_world(tmp_path / "ae_only", {"scene": "maze"}, ae)
+    with pytest.raises(CheckpointError, match="not a world model"):
+        WorldSim.load(tmp_path / "ae_only")
+    with pytest.raises(CheckpointError, match="manifest"):
+        WorldSim.load(tmp_path)
