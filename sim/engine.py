@@ -6,6 +6,12 @@
 
 Each session is a row of one batch with its own KV-cache row, its own noise stream and its
 own frame counter. The engine never needs a scene: it is given context frames.
+
+Two samplers, chosen by the checkpoint: a teacher runs `sampler.steps` Euler steps on the
+flow; a distilled student (config "sampler": {"kind": "few-step"}) runs up to k_max
+x0-predicting steps, and after each step the allocator (sim.allocator) ends the frame for
+the sessions that are done: they leave the batch, the others go on. Then one cache pass
+commits every session's frame.
 """
 from __future__ import annotations
 
@@ -16,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sim.allocator import AllocatorConfig, StepAllocator
 from sim.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
 from sim.bundle import load_world
+from sim.distill import student_levels
 from sim.model import WorldModel
 from sim.sampler import SamplerConfig, commit_frame, sample_frame
 
@@ -33,7 +41,7 @@ class WorldSim:
     def __init__(self, model: WorldModel, ae: Autoencoder, config: dict | None = None,
                  num_sessions: int = 1, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, sampler: SamplerConfig | None = None, seed: int = 0,
-                 verbose: bool = False):
+                 allocator: AllocatorConfig | None = None, verbose: bool = False):
         self.device = pick_device(str(device) if device is not None else None)
         # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are several times slower
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -49,6 +57,15 @@ class WorldSim:
         self.frame_shape = (cfg.latent_h * 8, cfg.latent_w * 8, 3)
         self._generators = [torch.Generator().manual_seed(seed + i) for i in range(self.num_sessions)]
         self._prompted = np.zeros(self.num_sessions, dtype=bool)
+        few_step = self.config.get("sampler", {})
+        self.few_step = few_step.get("kind") == "few-step"
+        if self.few_step:
+            k_max = int(few_step["k_max"])
+            self.levels = student_levels(k_max, float(few_step["shift"]), self.device)
+            self.cache_last_step = bool(few_step.get("cache_last_step", False))
+            self.allocator = StepAllocator(allocator or AllocatorConfig(k_max=k_max, fixed_steps=k_max))
+            if self.allocator.cfg.k_max > k_max:
+                raise ValueError(f"allocator k_max {self.allocator.cfg.k_max} exceeds the student's k_max {k_max}")
         if verbose:
             print(f"dsa-sim engine: {self.device} {str(self.dtype).replace('torch.', '')}, "
                   f"{self.num_sessions} session(s), scene {self.scene!r}")
@@ -153,6 +170,8 @@ class WorldSim:
         if not self._prompted[rows.cpu().numpy()].all():
             raise RuntimeError("prompt every session with reset(frames, actions) before step()")
         a = self._actions(actions, B)
+        if self.few_step:
+            return self._step_few(a, rows, observe)
         t0 = time.perf_counter()
         x0 = sample_frame(self.model, self.cache, a, self._noise(rows), self.sampler, rows)
         context = x0 if observe is None else self.encode(self._frames(observe, (B,)))
@@ -162,6 +181,52 @@ class WorldSim:
         passes = self.sampler.steps * (2 if self.sampler.guidance != 1.0 else 1)
         reports = [{"steps": self.sampler.steps, "passes": passes + 1, "latency_ms": latency_ms, "confidence": float("nan")}
                    for _ in range(B)]
+        return frames, reports
+
+    @torch.no_grad()
+    def _step_few(self, a: torch.Tensor, rows: torch.Tensor, observe) -> tuple[np.ndarray, list[dict]]:
+        """Adaptive few-step sampling: sessions leave the batch when the allocator says they are done."""
+        alloc, levels = self.allocator, self.levels
+        B = rows.numel()
+        alloc.begin_frame()
+        t0 = time.perf_counter()
+        x = self._noise(rows)
+        x0 = torch.empty_like(x)
+        steps = np.zeros(B, dtype=np.int64)
+        traces: list[list[float]] = [[] for _ in range(B)]
+        active = np.arange(B)
+        for k in range(1, alloc.cfg.k_max + 1):
+            if not alloc.can_start(k, len(active), B):
+                break
+            t_step = time.perf_counter()
+            idx = torch.as_tensor(active, device=self.device)
+            s = levels[k - 1].expand(len(active))
+            v, conf = self.model.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
+            x0[idx] = x[idx] - levels[k - 1] * v
+            conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
+            alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
+            steps[active] = k
+            for i, c in zip(active, conf_np):
+                traces[i].append(float(c))
+            active = active[~alloc.stop(k, conf_np, B)]
+            if not len(active):
+                break
+            idx = torch.as_tensor(active, device=self.device)
+            x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * self._noise(rows[idx])
+        t_finish = time.perf_counter()
+        if observe is not None:
+            commit_frame(self.model, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)
+        elif self.cache_last_step:
+            self.cache.advance(rows)  # each session's slot already holds its exit step's K/V
+        else:
+            commit_frame(self.model, self.cache, x0, a, self.sampler, rows)
+        frames = self.decode(x0)
+        alloc.cost.record_finish(B, (time.perf_counter() - t_finish) * 1e3)
+        alloc.end_frame(steps)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        reports = [{"steps": int(steps[i]), "passes": int(steps[i]) + (0 if self.cache_last_step and observe is None else 1),
+                    "latency_ms": latency_ms, "confidence": traces[i][-1], "confidence_trace": traces[i]}
+                   for i in range(B)]
         return frames, reports
 
     def snapshot(self, session: int) -> dict:

@@ -258,20 +258,25 @@ class WorldModel(nn.Module):
             a_emb = torch.where(drop_action[..., None], self.null_action.to(a_emb.dtype), a_emb)
         return F.silu(t_emb + a_emb), t_emb
 
-    def head(self, x: torch.Tensor, c: torch.Tensor, t_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, F*N, D], c/t_emb [B, F, D] -> (v tokens [B, F*N, p*p*C], confidence [B, F])."""
+    def head(self, x: torch.Tensor, c: torch.Tensor, t_emb: torch.Tensor,
+             detach_confidence: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, F*N, D], c/t_emb [B, F, D] -> (v tokens [B, F*N, p*p*C], confidence [B, F]).
+
+        detach_confidence: the confidence loss trains the head only, not the generator under it.
+        """
         B, L, D = x.shape
         Fr = c.shape[1]
         shift, scale = modulate_params(self.final_ada(c), 2)
         v = self.out(ops.modulated_layer_norm(x, shift, scale))
         pooled = x.view(B, Fr, L // Fr, D).mean(2)  # (B, F, D)
-        conf = torch.sigmoid(self.confidence(torch.cat([pooled, t_emb], -1)).squeeze(-1))
+        feats = torch.cat([pooled, t_emb], -1)
+        conf = torch.sigmoid(self.confidence(feats.detach() if detach_confidence else feats).squeeze(-1))
         return v, conf
 
     # ---- training: T frames at once ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, s: torch.Tensor, actions: torch.Tensor, ctx: torch.Tensor,
                 s_ctx: torch.Tensor, drop_action: torch.Tensor | None = None,
-                return_confidence: bool = False):
+                return_confidence: bool = False, detach_confidence: bool = False):
         """x, ctx: [B, T, C, h, w] noisy targets and context; s, s_ctx: [B, T]; actions [B, T, A].
 
         Returns v [B, T, C, h, w] for the noisy frames (and confidence [B, T] if asked).
@@ -290,7 +295,7 @@ class WorldModel(nn.Module):
         mask = train_attention_mask(T, N, self.cfg.window, x.device)
         for blk in self.blocks:
             tok = blk(tok, c, cos, sin, mask)
-        v, conf = self.head(tok[:, T * N:], c[:, T:], t_emb[:, T:])
+        v, conf = self.head(tok[:, T * N:], c[:, T:], t_emb[:, T:], detach_confidence)
         v = self.unpatchify(v.reshape(B * T, N, -1)).view_as(x)
         return (v, conf) if return_confidence else v
 

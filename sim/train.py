@@ -1,7 +1,8 @@
-"""Training stages: `python -m sim.train --stage ae|teacher [--preset small] [--scene maze] [--minutes 10]`.
+"""Training stages: `python -m sim.train --stage ae|teacher|distill [--preset small] [--scene maze] [--minutes 10]`.
 
     ae       the autoencoder, on frames streamed from the scene
     teacher  the action-conditioned causal DiT, many-step, by teacher forcing (flow matching)
+    distill  DSA: the few-step student and its confidence head, by Self-Forcing + DMD (sim.distill)
 
 Each stage writes into <out>/<stage>/:
     checkpoint/     the usable result (EMA weights for the teacher), a world checkpoint
@@ -14,6 +15,7 @@ DistributedDataParallel (rank 0 logs and saves).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -32,11 +34,13 @@ from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss,
 from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
 from sim.checkpoint import load_checkpoint, save_checkpoint
 from sim.data import ClipConfig, scene_loader
+from sim.distill import Rollout, clip_inputs, critic_loss, rollout, student_levels, student_losses
 from sim.metrics import psnr
 from sim.model import ModelConfig, WorldModel, count_params
 from sim.sampler import shift_levels
 
-STAGES = ("ae", "teacher")
+STAGES = ("ae", "teacher", "distill")
+DEFAULT_LR = {"ae": 1e-3, "teacher": 3e-4, "distill": 2e-5}
 
 
 @dataclass
@@ -51,7 +55,7 @@ class TrainConfig:
     clip_frames: int = 12
     width: int = 128
     height: int = 128
-    lr: float = 3e-4
+    lr: float = 0.0  # 0 = the stage's default (DEFAULT_LR)
     warmup_steps: int = 300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -70,6 +74,16 @@ class TrainConfig:
     action_dropout: float = 0.1  # per frame: the null action, so guidance on actions is possible
     replay_clips: int = 8192  # encoded clips kept on the device, sampled each step
     refill_every: int = 2  # pull one fresh batch from the scene every this many steps
+    # distill (DSA): clips are prompt_frames real frames + (clip_frames - prompt_frames) generated
+    teacher: str = ""  # teacher checkpoint (default <out>/teacher/checkpoint)
+    k_max: int = 4  # most denoising steps a frame may take
+    student_shift: float = 3.0  # the student's step levels: shift(linspace(1, 0, k_max + 1))
+    prompt_frames: int = 4
+    critic_steps: int = 2  # critic (fake score) updates per student update
+    dmd_guidance: float = 1.0  # action guidance on the teacher's score; 1 = off
+    conf_scale: float = 0.05  # latent MSE at which the confidence target is 1/e
+    conf_weight: float = 1.0
+    cache_last_step: bool = False  # commit the exit step's K/V instead of a separate t=0 cache pass
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------
@@ -133,8 +147,8 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+def lr_at(step: int, cfg: TrainConfig, lr: float) -> float:
+    return lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
 # ---- data on the device ---------------------------------------------------------------------------
@@ -214,6 +228,24 @@ class Trainer:
                 self.ae = Autoencoder(AutoencoderConfig.from_name(ae_preset)).to(self.device)
             self.module = self.ae
             clip_frames = 2
+        elif cfg.stage == "distill":
+            teacher_dir = Path(cfg.teacher or Path(cfg.out) / "teacher" / "checkpoint")
+            self.teacher, self.ae, teacher_config = load_world(teacher_dir, device=self.device)
+            self.teacher.requires_grad_(False)
+            self.ae.requires_grad_(False)
+            if teacher_config.get("sampler", {}).get("kind") == "few-step":
+                raise SystemExit(f"{teacher_dir} is already a distilled student; point --teacher at a teacher checkpoint")
+            self.model = copy.deepcopy(self.teacher).requires_grad_(True)
+            if cfg.init:
+                init_model, _, _ = load_world(cfg.init)
+                self.model.load_state_dict(init_model.state_dict())
+            self.critic = copy.deepcopy(self.teacher).requires_grad_(True)
+            self.critic.confidence.requires_grad_(False)
+            self.module = self.model
+            self.levels = student_levels(cfg.k_max, cfg.student_shift, self.device)
+            clip_frames = cfg.clip_frames
+            if not 1 <= cfg.prompt_frames < clip_frames:
+                raise SystemExit(f"need 1 <= --prompt-frames < --clip-frames, got {cfg.prompt_frames} and {clip_frames}")
         else:
             ae_dir = Path(cfg.ae or cfg.init or Path(cfg.out) / "ae" / "checkpoint")
             self.ae, _ = load_autoencoder(ae_dir, device=self.device)
@@ -230,7 +262,15 @@ class Trainer:
             self.model.confidence.requires_grad_(False)  # trained by the distill stage
             self.module = self.model
             clip_frames = cfg.clip_frames
-        self.opt = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.lr = cfg.lr or DEFAULT_LR[cfg.stage]
+        self.opt = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad], lr=self.lr,
+                                     betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        # modules trained beside the main one, saved and resumed with it: name -> (module, optimizer)
+        self.extra: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+        if cfg.stage == "distill":
+            self.extra["critic"] = (self.critic, torch.optim.AdamW(
+                [p for p in self.critic.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.99),
+                weight_decay=cfg.weight_decay))
         self.ema = EMA(self.module, cfg.ema)
         self.step = 0
         self.frames_seen = 0
@@ -242,6 +282,11 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         if cfg.compile:
             self.net = torch.compile(self.net)
+        if cfg.stage == "distill":
+            critic = self.critic
+            if self.world > 1:
+                critic = torch.nn.parallel.DistributedDataParallel(critic, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.critic_net = torch.compile(critic) if cfg.compile else critic
         data_cfg = ClipConfig(scene=cfg.scene, clip_frames=clip_frames, batch_size=cfg.batch_size,
                               width=cfg.width, height=cfg.height, seed=cfg.seed + 1000 * self.step)
         self.loader = iter(scene_loader(data_cfg, num_workers=cfg.workers, rank=self.rank, world_size=self.world,
@@ -263,6 +308,9 @@ class Trainer:
         self.module.load_state_dict(unprefixed("net", tensors))
         self.ema.shadow = {k: v.float() for k, v in unprefixed("ema", tensors).items()}
         load_optimizer_tensors(self.opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
+        for name, (module, opt) in self.extra.items():
+            module.load_state_dict(unprefixed(name, tensors))
+            load_optimizer_tensors(opt, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.opt.")})
         self.step, self.frames_seen = config["step"], config["frames_seen"]
         self.minutes_done = config.get("minutes", 0.0)
 
@@ -277,6 +325,9 @@ class Trainer:
         record = self._record(minutes)
         tensors = {**prefixed("net", self.module), **{f"ema.{k}": v for k, v in self.ema.shadow.items()},
                    **optimizer_tensors(self.opt)}
+        for name, (module, opt) in self.extra.items():
+            tensors.update(prefixed(name, module))
+            tensors.update({f"{name}.{k}": v for k, v in optimizer_tensors(opt).items()})
         save_checkpoint(self.dir / "state", {"step": self.step, "frames_seen": self.frames_seen, "minutes": minutes,
                                               "record": record}, tensors)
         # the usable checkpoint carries the EMA weights
@@ -284,6 +335,9 @@ class Trainer:
         self.module.load_state_dict({k: v.to(live[k].dtype) for k, v in self.ema.shadow.items()})
         base = {"scene": self.cfg.scene, "actions": self.action_names, "resolution": [self.cfg.height, self.cfg.width],
                 "training": record, "metrics": metrics or {}}
+        if self.cfg.stage == "distill":
+            base["sampler"] = {"kind": "few-step", "k_max": self.cfg.k_max, "shift": self.cfg.student_shift,
+                               "cache_last_step": self.cfg.cache_last_step}
         if self.cfg.stage == "ae":
             save_world(self.dir / "checkpoint", base, self.ae)
         else:
@@ -300,12 +354,17 @@ class Trainer:
         self.frames_seen += x.shape[0] * self.world
         return loss, metrics
 
-    def teacher_step(self) -> dict:
+    def latent_clips(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of encoded clips (B, T, C, h, w) and their actions (B, T, A) from the replay."""
         cfg = self.cfg
         if self.step % cfg.refill_every == 0 or self.replay.size < cfg.batch_size:
             batch = next(self.loader)
             self.replay.add(encode_clips(self.ae, batch["frames"], self.device), batch["actions"].to(self.device))
-        z, a = self.replay.sample(cfg.batch_size)  # (B, T, C, h, w), (B, T, A)
+        return self.replay.sample(cfg.batch_size)
+
+    def teacher_step(self) -> dict:
+        cfg = self.cfg
+        z, a = self.latent_clips()  # (B, T, C, h, w), (B, T, A)
         B, T = z.shape[:2]
         noise = torch.randn_like(z)
         s = shift_levels(torch.sigmoid(torch.randn(B, T, device=self.device)), cfg.level_shift)
@@ -320,14 +379,39 @@ class Trainer:
         self.frames_seen += B * T * self.world
         return loss, {"loss": loss.item()}
 
+    def distill_step(self) -> dict:
+        cfg = self.cfg
+        z, a = self.latent_clips()
+        B, K = z.shape[0], cfg.prompt_frames
+        z_prompt = z[:, :K]
+        exit_step = torch.randint(1, cfg.k_max + 1, (B,), device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            ro = rollout(self.module, z_prompt, a, z.shape[1] - K, self.levels, exit_step, cfg.conf_scale,
+                         cfg.cache_last_step)
+            ro = Rollout(*(t.float() for t in (ro.x_in, ro.s_exit, ro.x0, ro.conf_target)))
+            ctx, s_ctx = clip_inputs(z_prompt, ro, cfg.cache_last_step)
+            critic_opt = self.extra["critic"][1]
+            for _ in range(cfg.critic_steps):
+                c_loss = critic_loss(self.critic_net, ro.x0, z_prompt, a, ctx, s_ctx)
+                critic_opt.zero_grad(set_to_none=True)
+                c_loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in self.critic.parameters() if p.requires_grad], cfg.grad_clip)
+                critic_opt.step()
+            dmd, conf_loss, metrics = student_losses(self.net, ro, self.teacher, self.critic_net, z_prompt, a,
+                                                     cfg.cache_last_step, cfg.dmd_guidance)
+        self.frames_seen += B * (z.shape[1] - K) * self.world
+        metrics["critic_loss"] = c_loss.item()
+        metrics["loss"] = dmd.item() + cfg.conf_weight * conf_loss.item()
+        return dmd + cfg.conf_weight * conf_loss, metrics
+
     def run(self) -> dict:
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
-        if cfg.stage == "teacher":
+        if cfg.stage in ("teacher", "distill"):
             mcfg = self.model.cfg
             self.replay = LatentReplay(cfg.replay_clips, cfg.clip_frames,
                                        (mcfg.latent_channels, mcfg.latent_h, mcfg.latent_w), mcfg.action_dim, self.device)
-        step_fn = self.ae_step if cfg.stage == "ae" else self.teacher_step
+        step_fn = {"ae": self.ae_step, "teacher": self.teacher_step, "distill": self.distill_step}[cfg.stage]
         t_start = time.time()
         deadline = t_start + cfg.minutes * 60
         last_save, last_log, frames_at_log = t_start, t_start, self.frames_seen
@@ -342,7 +426,7 @@ class Trainer:
             if any_rank(bool(stop), self.device):
                 break
             for g in self.opt.param_groups:
-                g["lr"] = lr_at(self.step, cfg)
+                g["lr"] = lr_at(self.step, cfg, self.lr)
             loss, metrics = step_fn()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -354,7 +438,7 @@ class Trainer:
                 now = time.time()
                 fps = (self.frames_seen - frames_at_log) / max(now - last_log, 1e-9)
                 last_log, frames_at_log = now, self.frames_seen
-                row = {"step": self.step, **metrics, "grad_norm": float(gnorm), "lr": lr_at(self.step, cfg),
+                row = {"step": self.step, **metrics, "grad_norm": float(gnorm), "lr": lr_at(self.step, cfg, self.lr),
                        "frames_per_s": round(fps, 1), "frames": self.frames_seen, "elapsed_s": round(now - t_start, 1)}
                 if self.device.type == "cuda":
                     row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)

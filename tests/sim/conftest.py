@@ -33,3 +33,13 @@ def tiny_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "tiny-maze"
     save_world(folder, {"scene": "maze", "actions": MAZE_ACTIONS, "resolution": [32, 32]}, ae, model)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_student_checkpoint(tmp_path_factory):
+    """A tiny world marked as a few-step (distilled) student, k_max 4."""
+    model, ae = tiny_world(seed=1)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-student"
+    save_world(folder, {"scene": "maze", "actions": MAZE_ACTIONS, "resolution": [32, 32],
+                        "sampler": {"kind": "few-step", "k_max": 4, "shift": 3.0}}, ae, model)
+    return folder

@@ -4,6 +4,7 @@ import pytest
 
 from sim.checkpoint import CheckpointError
 from sim.engine import WorldSim
+from sim.allocator import AllocatorConfig
 from sim.sampler import SamplerConfig
 from sim.bundle import save_world
 
@@ -120,3 +121,35 @@ def test_corrupt_or_wrong_checkpoints_are_named(tmp_path, make_tiny_world):
         WorldSim.load(tmp_path / "ae_only")
     with pytest.raises(CheckpointError, match="manifest"):
         WorldSim.load(tmp_path)
+
+
+def test_sessions_exiting_at_different_steps_match_running_alone(tiny_student_checkpoint):
+    f, a = prompt(4, seed=8)
+    probe = WorldSim.load(tiny_student_checkpoint, num_sessions=4, device="cpu",
+                          allocator=AllocatorConfig(mode="fixed", k_max=4, fixed_steps=1))
+    probe.reset(f, a, seeds=[20, 21, 22, 23])
+    first = [r["confidence"] for r in probe.step(actions(4, 0))[1]]
+    tau = float(np.median(first))  # some sessions stop after step 1, the others go on
+    cfg = AllocatorConfig(mode="adaptive", k_min=1, k_max=4, tau=tau)
+    both = WorldSim.load(tiny_student_checkpoint, num_sessions=4, device="cpu", allocator=cfg)
+    both.reset(f, a, seeds=[20, 21, 22, 23])
+    out = [both.step(actions(4, t)) for t in range(3)]
+    exits = [r["steps"] for r in out[0][1]]
+    assert len(set(exits)) > 1, f"the test needs sessions exiting at different steps, got {exits}"
+    for b in range(4):
+        alone = WorldSim.load(tiny_student_checkpoint, num_sessions=1, device="cpu", allocator=cfg)
+        alone.reset(f[b:b + 1], a[b:b + 1], seeds=[20 + b])
+        for t in range(3):
+            frames, reports = alone.step(actions(1, t))
+            assert reports[0]["steps"] == out[t][1][b]["steps"]
+            np.testing.assert_allclose(frames[0].astype(int), out[t][0][b].astype(int), atol=1)
+
+
+def test_few_step_reports_carry_the_confidence_trace(tiny_student_checkpoint):
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=2, device="cpu",
+                        allocator=AllocatorConfig(mode="fixed", k_max=4, fixed_steps=3))
+    sim.reset(*prompt(2))
+    _, reports = sim.step(actions(2, 0))
+    for r in reports:
+        assert r["steps"] == 3 and len(r["confidence_trace"]) == 3 and r["passes"] == 4
+        assert all(0.0 < c < 1.0 for c in r["confidence_trace"]) and r["confidence"] == r["confidence_trace"][-1]

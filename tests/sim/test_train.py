@@ -50,6 +50,22 @@ def test_a_stage_resumes_where_it_stopped(run_dir):
     assert config["training"]["steps"] == 6
 
 
+def test_distill_runs_with_finite_losses_that_change(run_dir):
+    train(["--stage", "distill", *SMALL, "--max-steps", "4", "--batch-size", "2", "--clip-frames", "6",
+           "--prompt-frames", "3", "--k-max", "3", "--log-every", "1", "--out", str(run_dir)])
+    rows = [r for r in read_metrics(run_dir / "distill" / "metrics.jsonl") if "step" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("dmd", "conf_loss", "critic_loss"):
+        values = [r[key] for r in rows]
+        assert all(np.isfinite(values)) and len(set(values)) > 1, (key, values)
+    assert all(r["rollout_gap"] < 1e-4 for r in rows)  # the gradient pass recomputes the rollout exactly
+    sim = WorldSim.load(run_dir / "distill" / "checkpoint", device="cpu")
+    assert sim.few_step and sim.allocator.cfg.k_max == 3
+    sim.reset(np.zeros((1, 2, 32, 32, 3), np.uint8), np.zeros((1, 2, 6), np.float32))
+    _, reports = sim.step(np.eye(1, 6, dtype=np.float32))
+    assert 1 <= reports[0]["steps"] <= 3
+
+
 def test_unknown_scene_is_refused_with_the_choices(tmp_path):
     with pytest.raises(SystemExit, match="choose one of"):
         train(["--stage", "ae", "--scene", "moon", "--preset", "tiny", "--out", str(tmp_path)])

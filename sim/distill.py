@@ -1,0 +1,155 @@
+"""DSA distillation: a few-step student with a confidence head, by Self-Forcing and DMD.
+
+One generator update:
+1. Self-Forcing rollout (no gradient): prompt the student's KV cache with K real frames, then
+   let it generate the next frames one after another exactly as at inference: from noise,
+   step k predicts x0_k = x - s_k v and re-noises it to s_{k+1}; the frame committed to the
+   cache is x0 at the rollout's exit step k* (random per sample in 1..k_max), so every step
+   count learns to give a usable frame. All k_max steps are run to know x0_{k_max}.
+2. The exit step again, with gradient, for every generated frame at once: the model's
+   teacher-forcing forward over [context | noisy] equals frame-by-frame inference through
+   the cache (tests hold this), so one pass over the clip, with the generated frames as
+   detached context, gives each frame's exit-step output with its gradient and nothing else.
+3. DMD: noise the student's x0 to a random level t; the frozen teacher (real score) and an
+   online critic (fake score, trained by flow matching on the student's own frames) each
+   predict x0; the student moves along (fake - real), normalised per frame (DMD2).
+4. Confidence: the head at step k* learns exp(-mse(x0_k*, x0_kmax) / conf_scale), a target
+   that needs no extra data: 1 when more steps would change nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sim.model import WorldModel
+from sim.sampler import shift_levels
+
+
+def student_levels(k_max: int, shift: float, device=None) -> torch.Tensor:
+    """[k_max + 1] noise levels: step k (1-based) runs at levels[k-1]; levels[k_max] = 0."""
+    return shift_levels(torch.linspace(1.0, 0.0, k_max + 1, device=device), shift)
+
+
+@dataclass
+class Rollout:
+    x_in: torch.Tensor  # [B, G, C, h, w] the exit step's input, per generated frame
+    s_exit: torch.Tensor  # [B] noise level of the exit step
+    x0: torch.Tensor  # [B, G, C, h, w] the committed frames (x0 at the exit step)
+    conf_target: torch.Tensor  # [B, G] closeness of x0_k* to x0_kmax, in (0, 1]
+
+
+@torch.no_grad()
+def rollout(student: WorldModel, z_prompt: torch.Tensor, actions: torch.Tensor, gen_frames: int,
+            levels: torch.Tensor, exit_step: torch.Tensor, conf_scale: float,
+            cache_last_step: bool = False) -> Rollout:
+    """z_prompt [B, K, C, h, w] real latents; actions [B, K + G, A]; exit_step int [B] in 1..k_max."""
+    B, K = z_prompt.shape[:2]
+    k_max = levels.numel() - 1
+    cache = student.setup_cache(B, z_prompt.device, z_prompt.dtype)
+    zero = torch.zeros(B, device=z_prompt.device)
+    for t in range(K):
+        student.forward_frame(z_prompt[:, t], zero, actions[:, t], cache)
+        cache.advance()
+    sel = (exit_step - 1)[:, None, None, None]  # which step each sample commits
+    x_in, x0s, targets = [], [], []
+    for g in range(gen_frames):
+        a = actions[:, K + g]
+        x = torch.randn_like(z_prompt[:, 0])
+        steps_x0, steps_in = [], []
+        for k in range(k_max):
+            s = levels[k].expand(B)
+            v, _ = student.forward_frame(x, s, a, cache)
+            x0 = x - levels[k] * v
+            steps_in.append(x)
+            steps_x0.append(x0)
+            x = (1 - levels[k + 1]) * x0 + levels[k + 1] * torch.randn_like(x0)
+        all_x0, all_in = torch.stack(steps_x0, 1), torch.stack(steps_in, 1)  # (B, k_max, C, h, w)
+        idx = sel[:, None].expand(-1, 1, *all_x0.shape[2:])
+        x0_exit, in_exit = all_x0.gather(1, idx)[:, 0], all_in.gather(1, idx)[:, 0]
+        mse = (x0_exit - all_x0[:, -1]).pow(2).flatten(1).mean(1)
+        targets.append(torch.exp(-mse / conf_scale))
+        # commit the exit frame: its clean K/V (cache pass), or the exit step's own K/V
+        if cache_last_step:
+            student.forward_frame(in_exit, levels[exit_step - 1], a, cache)
+        else:
+            student.forward_frame(x0_exit, zero, a, cache)
+        cache.advance()
+        x_in.append(in_exit)
+        x0s.append(x0_exit)
+    return Rollout(torch.stack(x_in, 1), levels[exit_step - 1], torch.stack(x0s, 1), torch.stack(targets, 1))
+
+
+def clip_inputs(z_prompt: torch.Tensor, ro: Rollout, cache_last_step: bool):
+    """The teacher-forcing sequence for the whole clip [prompt | generated]:
+    (context [B, T, ...], context levels [B, T]) with T = K + G, generated context detached."""
+    B, K = z_prompt.shape[:2]
+    G = ro.x0.shape[1]
+    if cache_last_step:
+        ctx_gen, s_gen = ro.x_in, ro.s_exit[:, None].expand(B, G)
+    else:
+        ctx_gen, s_gen = ro.x0, torch.zeros(B, G, device=ro.x0.device)
+    ctx = torch.cat([z_prompt, ctx_gen], 1)
+    s_ctx = torch.cat([torch.zeros(B, K, device=ctx.device), s_gen], 1)
+    return ctx, s_ctx
+
+
+def with_prompt(z_prompt: torch.Tensor, x_gen: torch.Tensor, s_gen: torch.Tensor):
+    """Noisy inputs for the whole clip: prompt frames are placeholders whose outputs are unused."""
+    B, K = z_prompt.shape[:2]
+    x = torch.cat([z_prompt, x_gen], 1)
+    s = torch.cat([torch.zeros(B, K, device=x.device), s_gen], 1)
+    return x, s
+
+
+def dmd_target(x0_student: torch.Tensor, teacher, critic, z_prompt, actions, ctx, s_ctx,
+               guidance: float = 1.0, t_range=(0.02, 0.98)) -> torch.Tensor:
+    """The point each generated x0 [B, G, ...] should move to: x0 - w * (x0_fake - x0_real)."""
+    B, G = x0_student.shape[:2]
+    K = z_prompt.shape[1]
+    with torch.no_grad():
+        t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(B, G, device=x0_student.device)
+        tt = t[..., None, None, None]
+        x_t = (1 - tt) * x0_student.detach() + tt * torch.randn_like(x0_student)
+        x, s = with_prompt(z_prompt, x_t, t)
+        v_real = teacher(x, s, actions, ctx, s_ctx)[:, K:]
+        if guidance != 1.0:
+            drop = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
+            v_uncond = teacher(x, s, actions, ctx, s_ctx, drop)[:, K:]
+            v_real = v_uncond + guidance * (v_real - v_uncond)
+        v_fake = critic(x, s, actions, ctx, s_ctx)[:, K:]
+        x0_real, x0_fake = x_t - tt * v_real.float(), x_t - tt * v_fake.float()
+        # DMD2: normalise per frame by how far the student is from the real score's x0
+        w = 1.0 / (x0_student.detach() - x0_real).abs().flatten(2).mean(-1).clamp_min(1e-4)
+        return (x0_student.detach() - w[..., None, None, None] * (x0_fake - x0_real)).detach()
+
+
+def critic_loss(critic, x0_gen: torch.Tensor, z_prompt, actions, ctx, s_ctx) -> torch.Tensor:
+    """Flow matching on the student's own frames: the critic learns the student's distribution."""
+    B, G = x0_gen.shape[:2]
+    K = z_prompt.shape[1]
+    t = torch.rand(B, G, device=x0_gen.device)
+    tt = t[..., None, None, None]
+    e = torch.randn_like(x0_gen)
+    x, s = with_prompt(z_prompt, (1 - tt) * x0_gen + tt * e, t)
+    v = critic(x, s, actions, ctx, s_ctx)[:, K:]
+    return F.mse_loss(v.float(), e - x0_gen)
+
+
+def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cache_last_step: bool,
+                   guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(dmd loss, confidence loss, metrics) for one rollout, with gradient through the exit step."""
+    K = z_prompt.shape[1]
+    ctx, s_ctx = clip_inputs(z_prompt, ro, cache_last_step)
+    B, G = ro.x0.shape[:2]
+    x, s = with_prompt(z_prompt, ro.x_in, ro.s_exit[:, None].expand(B, G))
+    v, conf = student(x, s, actions, ctx, s_ctx, return_confidence=True, detach_confidence=True)
+    x0 = ro.x_in - ro.s_exit[:, None, None, None, None] * v[:, K:].float()
+    target = dmd_target(x0, teacher, critic, z_prompt, actions, ctx, s_ctx, guidance)
+    dmd = 0.5 * F.mse_loss(x0, target)
+    conf_loss = F.binary_cross_entropy(conf[:, K:].float().clamp(1e-6, 1 - 1e-6), ro.conf_target.float())
+    metrics = {"dmd": dmd.item(), "conf_loss": conf_loss.item(),
+               "conf_target": ro.conf_target.mean().item(), "conf": conf[:, K:].mean().item(),
+               "rollout_gap": (x0.detach() - ro.x0).abs().mean().item()}
+    return dmd, conf_loss, metrics
