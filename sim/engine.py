@@ -63,9 +63,8 @@ class WorldSim:
             k_max = int(few_step["k_max"])
             self.levels = student_levels(k_max, float(few_step["shift"]), self.device)
             self.cache_last_step = bool(few_step.get("cache_last_step", False))
-            self.allocator = StepAllocator(allocator or AllocatorConfig(k_max=k_max, fixed_steps=k_max))
-            if self.allocator.cfg.k_max > k_max:
-                raise ValueError(f"allocator k_max {self.allocator.cfg.k_max} exceeds the student's k_max {k_max}")
+            self.allocator = StepAllocator(AllocatorConfig(k_max=k_max, fixed_steps=k_max))
+            self.set_allocator(allocator or self.allocator.cfg)
         if verbose:
             print(f"dsa-sim engine: {self.device} {str(self.dtype).replace('torch.', '')}, "
                   f"{self.num_sessions} session(s), scene {self.scene!r}")
@@ -91,13 +90,32 @@ class WorldSim:
 
     @property
     def sampler_steps(self) -> int:
+        """Steps per frame: the teacher's Euler steps, or a student's fixed k (its k_max when adaptive)."""
+        if self.few_step:
+            cfg = self.allocator.cfg
+            return cfg.fixed_steps if cfg.mode == "fixed" else cfg.k_max
         return self.sampler.steps
 
     @sampler_steps.setter
     def sampler_steps(self, steps: int) -> None:
+        """A fixed number of steps per frame (for a student: allocator mode "fixed")."""
         if steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {steps}")
-        self.sampler.steps = int(steps)
+        if self.few_step:
+            k_max = self.levels.numel() - 1
+            if steps > k_max:
+                raise ValueError(f"this student takes at most {k_max} steps per frame, got {steps}")
+            self.set_allocator(AllocatorConfig(mode="fixed", k_max=k_max, fixed_steps=int(steps)))
+        else:
+            self.sampler.steps = int(steps)
+
+    def set_allocator(self, cfg: AllocatorConfig) -> None:
+        """Change how a student spends steps (fixed / adaptive / budget); keeps the measured costs."""
+        if not self.few_step:
+            raise ValueError("this checkpoint is a many-step teacher: step allocation needs a distilled student")
+        if cfg.k_max > self.levels.numel() - 1:
+            raise ValueError(f"allocator k_max {cfg.k_max} exceeds the student's k_max {self.levels.numel() - 1}")
+        self.allocator = StepAllocator(cfg, self.allocator.cost)
 
     # ---- input checks ------------------------------------------------------------------------
     def _actions(self, actions, n: int) -> torch.Tensor:

@@ -22,8 +22,9 @@ eval_values.npz (every per-seed value), rollout.png (PSNR/SSIM vs horizon, model
 and strip_<policy>_<setting>.png (real row over generated row at a few horizons).
 
 The measuring functions (`collect_real`, `eval_next_frame`, `eval_rollout`) take any object
-with the engine's interface, so tests drive them with a fake engine and the DSA eval
-(quality against mean steps, `--dsa`, not written yet) reuses them: see `step_settings`.
+with the engine's interface, so tests drive them with a fake engine, and the DSA eval
+(`--dsa`: quality against mean steps for fixed k = 1..k_max and adaptive thresholds, the step
+histogram, and how well confidence ranks per-frame error) reuses them: see `dsa_settings`.
 """
 from __future__ import annotations
 
@@ -218,9 +219,104 @@ def step_settings(steps: Sequence[int] | None) -> list[tuple[str, Callable[[Any]
     return [(f"steps{n}", fixed(int(n))) for n in steps]
 
 
+def dsa_settings(sim: Any, taus: Sequence[float]) -> list[tuple[str, Callable[[Any], None]]]:
+    """Fixed k = 1..k_max, then adaptive at each tau, for a distilled student."""
+    from sim.allocator import AllocatorConfig
+    k_max = sim.allocator.cfg.k_max
+
+    def fixed(k: int) -> Callable[[Any], None]:
+        return lambda s: s.set_allocator(AllocatorConfig(mode="fixed", k_max=k_max, fixed_steps=k))
+
+    def adaptive(tau: float) -> Callable[[Any], None]:
+        return lambda s: s.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=k_max, tau=tau))
+
+    return [(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN pairs dropped."""
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 3:
+        return math.nan
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(v.size)
+        r[order] = np.arange(v.size)
+        for val in np.unique(v[np.r_[np.diff(np.sort(v)) == 0, False]]):  # average tied ranks
+            r[v == val] = r[v == val].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def dsa_summary(values: dict[str, np.ndarray], policies: Sequence[str], labels: Sequence[str]) -> dict:
+    """Per policy and setting: mean steps, next-frame and rollout PSNR, confidence vs error."""
+    out: dict[str, dict] = {}
+    for policy in policies:
+        out[policy] = {}
+        for label in labels:
+            v = lambda kind, k: values[f"{policy}/{label}/{kind}/{k}"]  # noqa: E731 ([B, H] arrays)
+            psnr_next, conf_next = v("next_frame", "psnr"), v("next_frame", "confidence")
+            roll = v("rollout", "psnr")
+            H = roll.shape[1]
+            out[policy][label] = {
+                "mean_steps_next": float(np.nanmean(v("next_frame", "steps"))),
+                "mean_steps_rollout": float(np.nanmean(v("rollout", "steps"))),
+                "next_psnr_mean": float(np.mean(psnr_next)), "next_psnr_median": float(np.median(psnr_next)),
+                "rollout_psnr_mean": {h: float(np.mean(roll[:, h - 1])) for h in (1, 8, 16, 32, 64) if h <= H},
+                # error = -PSNR of the final frame: a good confidence correlates negatively with it
+                "spearman_confidence_vs_error": spearman(conf_next, -psnr_next),
+                "steps_histogram": np.bincount(v("rollout", "steps").astype(int).ravel()).tolist(),
+            }
+    return out
+
+
+def plot_dsa(path: Path, summary: dict) -> None:
+    """Quality against mean steps (fixed k as a line, adaptive thresholds as points) and step histograms."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    policies = list(summary)
+    fig, axes = plt.subplots(2, len(policies), figsize=(6 * len(policies), 8), squeeze=False)
+    for col, policy in enumerate(policies):
+        rows = summary[policy]
+        ax = axes[0, col]
+        for metric, style in (("next", "o"), ("h16", "s")):
+            def y(r):
+                return r["next_psnr_mean"] if metric == "next" else r["rollout_psnr_mean"].get(16, math.nan)
+            fixed = [(r["mean_steps_rollout"], y(r)) for lab, r in rows.items() if lab.startswith("fixed")]
+            adapt = [(r["mean_steps_rollout"], y(r), lab) for lab, r in rows.items() if lab.startswith("tau")]
+            ax.plot(*zip(*fixed), style + "-", label=f"fixed k ({metric})")
+            if adapt:
+                ax.plot([a[0] for a in adapt], [a[1] for a in adapt], style, mfc="none", ms=9, label=f"adaptive ({metric})")
+                for a in adapt:
+                    ax.annotate(a[2], (a[0], a[1]), fontsize=7)
+        ax.set(title=f"{policy}: PSNR vs mean steps per frame", xlabel="mean denoising steps per frame", ylabel="PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1, col]
+        for lab, r in rows.items():
+            if lab.startswith("tau"):
+                hist = np.asarray(r["steps_histogram"][1:], float)
+                ax.plot(np.arange(1, hist.size + 1), hist / max(hist.sum(), 1), "o-", label=lab)
+        ax.set(title=f"{policy}: steps per frame (adaptive, rollout)", xlabel="steps", ylabel="share of frames")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
              policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
-             out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True) -> dict:
+             out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
+             dsa_taus: Sequence[float] | None = None) -> dict:
     """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
 
     scene: a scene name, or a `Game` built with len(seeds) envs (see `collect_real`).
@@ -233,7 +329,7 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     if K < sim.context_frames:
         raise ValueError(f"the model needs {sim.context_frames} context frames, got --context {K}")
     height, width = frame_size(sim)
-    settings = step_settings(steps)
+    settings = dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -257,6 +353,9 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
                              resolution=[height, width], settings=[label for label, _ in settings],
                              date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
               "results": results, "wall_s": round(time.time() - t0, 1)}
+    if dsa_taus is not None:
+        report["dsa"] = dsa_summary(values, policies, [label for label, _ in settings])
+        plot_dsa(out / "dsa.png", report["dsa"])
     (out / "eval.json").write_text(json.dumps(_json_clean(report), indent=2) + "\n")
     np.savez_compressed(out / "eval_values.npz", **values)
     plot_rollout(out / "rollout.png", results)
@@ -392,7 +491,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policies", nargs="+", default=list(POLICIES), help="action sources")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json and the PNGs")
-    # --dsa (quality vs mean steps for fixed k and adaptive thresholds) goes here; see step_settings
+    p.add_argument("--dsa", action="store_true",
+                   help="distilled student: quality vs mean steps for fixed k = 1..k_max and adaptive --taus, "
+                        "step histograms, confidence-vs-error rank correlation (dsa.png, eval.json['dsa'])")
+    p.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95],
+                   help="confidence thresholds measured with --dsa")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.horizon < 1:
         p.error("--seeds and --horizon must be >= 1")
@@ -418,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"eval: {checkpoint} (id {ckpt_id}) on {scene}, device {getattr(sim, 'device', args.device)}, "
           f"{len(seeds)} seeds, horizon {args.horizon}")
     report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
-                      steps=args.steps, out=args.out,
+                      steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None,
                       config={"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
                               "device": str(getattr(sim, "device", args.device)),
                               "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])})

@@ -226,3 +226,29 @@ def test_command_line_on_a_real_scene(tmp_path, monkeypatch):
     for policy in ("random", "explore"):
         n = report["results"][policy]["default"]["next_frame"]
         assert n["psnr"] == n["copy_psnr"] and n["psnr"]["n"] == 8
+
+
+# ---- DSA eval ---------------------------------------------------------------------------------
+def test_spearman_on_known_orders():
+    from sim.eval import spearman
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833, abs=1e-6)
+    assert np.isnan(spearman(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])))
+
+
+def test_dsa_eval_measures_fixed_k_and_adaptive_thresholds(tiny_student_checkpoint, tmp_path):
+    from sim.engine import WorldSim
+    from sim.eval import held_out_seeds, run_eval
+    seeds = held_out_seeds(2)
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=len(seeds), device="cpu")
+    report = run_eval(sim, "maze", seeds, horizon=4, context=4, policies=["explore"], out=tmp_path,
+                      progress=False, dsa_taus=[0.0, 1.0])
+    dsa = report["dsa"]["explore"]
+    assert list(dsa) == ["fixed1", "fixed2", "fixed3", "fixed4", "tau0", "tau1"]
+    for k in range(1, 5):
+        assert dsa[f"fixed{k}"]["mean_steps_rollout"] == k and dsa[f"fixed{k}"]["steps_histogram"][k] == 8
+    assert dsa["tau0"]["mean_steps_rollout"] == 1  # every confidence clears 0: one step
+    assert dsa["tau1"]["mean_steps_rollout"] == 4  # none reaches 1: k_max
+    assert (tmp_path / "dsa.png").exists()
