@@ -148,7 +148,8 @@ def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cac
     x0 = ro.x_in - ro.s_exit[:, None, None, None, None] * v[:, K:].float()
     target = dmd_target(x0, teacher, critic, z_prompt, actions, ctx, s_ctx, guidance)
     dmd = 0.5 * F.mse_loss(x0, target)
-    conf_loss = F.binary_cross_entropy(conf[:, K:].float().clamp(1e-6, 1 - 1e-6), ro.conf_target.float())
+    c, target_c = conf[:, K:].float().clamp(1e-6, 1 - 1e-6), ro.conf_target.float()
+    conf_loss = -(target_c * c.log() + (1 - target_c) * (1 - c).log()).mean()  # BCE, written out: autocast-safe
     metrics = {"dmd": dmd.item(), "conf_loss": conf_loss.item(),
                "conf_target": ro.conf_target.mean().item(), "conf": conf[:, K:].mean().item(),
                "rollout_gap": (x0.detach() - ro.x0).abs().mean().item()}
