@@ -364,8 +364,10 @@ class ShardFile:
 
 
 def _tables_in(path: str | os.PathLike) -> tuple[dict, list[ClipTable]]:
-    """The meta and clip tables of one folder of shards."""
+    """The meta and clip tables of one folder of shards (or of play recordings, see below)."""
     folder = Path(path)
+    if folder.is_file() or (folder.is_dir() and not (folder / "meta.json").exists() and any(folder.glob("*.dsarec"))):
+        return recording_tables(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no shard folder at {folder}; write one with sim.data.write_shards "
                                 f"or `python -m sim.data --out {folder}`")
@@ -523,6 +525,83 @@ def main(argv: Sequence[str] | None = None) -> None:
     r = measure_throughput(loader, args.batches, warmup=max(1, 5 * args.workers))  # 4 prefetched + 1 per worker
     print(f"{what}\nworkers={args.workers}: {r['clips_per_s']:.1f} clips/s, {r['frames_per_s']:.0f} frames/s "
           f"({args.batches} batches in {r['seconds']:.1f} s)")
+
+
+# ---- play recordings ---------------------------------------------------------------------------
+# `python play.py --record` writes them (controls.recording; the format is DESIGN.md's, read
+# here without importing controls, since imports point from controls to sim). A recording is
+# cut at every prompt into timelines: the prompt's K real frames, then one frame per record,
+# the scene's real frame under the player's keys where the record holds one (play.py always
+# stores it, so `seed` and `start_tick` replay a clip bit for bit), else the model's frame.
+# Each timeline gives clips of ClipConfig.clip_frames ticks, one every clip_frames // 2.
+@dataclass
+class RecordingFile:
+    path: Path
+    num_clips: int
+    meta: dict = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def load(self) -> dict[str, np.ndarray]:
+        T, stride = self.meta["clip_frames"], max(1, self.meta["clip_frames"] // 2)
+        clips = [{"frames": frames[s:s + T], "actions": actions[s:s + T], "seed": np.int64(seed),
+                  "start_tick": np.int64(tick + s)}
+                 for frames, actions, seed, tick in _recording_timelines(self.path, decode=True)[1]
+                 for s in range(0, len(actions) - T + 1, stride)]
+        return {k: np.stack([c[k] for c in clips]) for k in self.meta["keys"]}
+
+
+def _recording_timelines(path: Path, decode: bool) -> tuple[dict, list[tuple]]:
+    """(header, [(frames uint8 [n, H, W, 3] or None, actions float32 [n, A], world seed, first tick)])."""
+    import msgpack
+
+    with open(path, "rb") as f:
+        objs = msgpack.Unpacker(f, raw=False, max_buffer_size=512 * 2**20)
+        try:
+            header = next(objs, None)
+            if not isinstance(header, dict) or header.get("format") != "dsa-sim-recording":
+                raise ValueError("no dsa-sim recording header")
+            shape, codec, tick = (*header["resolution"], 3), header["frame_codec"], 0
+            pixels = lambda b, n: np.frombuffer(zlib.decompress(b) if codec == "zlib" else b, np.uint8).reshape(n, *shape)
+            timelines: list[list] = []
+            for r in objs:  # a cut tail (kill -9 mid-record) just ends the iteration
+                if r["kind"] == "prompt":
+                    K = len(r["actions"])
+                    tick = 0 if r.get("reason") != "resync" else tick - K  # world tick of its first frame
+                    timelines.append([[pixels(r["frames"], K)] if decode else None, list(r["actions"]), r["world_seed"], tick])
+                    tick += K
+                elif r["kind"] == "frame" and timelines:
+                    if decode:
+                        timelines[-1][0].append(pixels(r.get("real") or r["frame"], 1))
+                    timelines[-1][1].append(r["action"])
+                    tick += 1
+        except (msgpack.UnpackException, ValueError, KeyError, TypeError, zlib.error) as e:
+            raise ValueError(f"corrupt recording {path}: {type(e).__name__}: {e}") from None
+    return header, [(np.concatenate(fr) if decode else None, np.asarray(a, np.float32), s, t) for fr, a, s, t in timelines]
+
+
+def recording_tables(path: str | os.PathLike, clip_frames: int = ClipConfig.clip_frames) -> tuple[dict, list[ClipTable]]:
+    """The meta and clip tables of one recording file, or of every *.dsarec in a folder."""
+    path = Path(path)
+    files = sorted(path.glob("*.dsarec")) if path.is_dir() else [path]
+    meta, tables = None, []
+    for file in files:
+        header, timelines = _recording_timelines(file, decode=False)
+        stride = max(1, clip_frames // 2)
+        n = sum(max(0, (len(a) - clip_frames) // stride + 1) for _, a, _, _ in timelines)
+        m = {"format": SHARD_FORMAT, "scene": header["scene"], "action_names": list(header["actions"]),
+             "clip_frames": clip_frames, "height": header["resolution"][0], "width": header["resolution"][1],
+             "keys": sorted(BATCH_KEYS)}
+        if meta is not None and any(m[k] != meta[k] for k in ("scene", "action_names", "height", "width")):
+            raise ValueError(f"recording {file} is of another scene or resolution than {files[0]}")
+        meta = meta or m
+        if n:
+            tables.append(RecordingFile(file, n, meta))
+    if not tables:
+        raise ValueError(f"{path} holds no clip of {clip_frames} frames (record longer sessions)")
+    return dict(meta, count=sum(t.num_clips for t in tables)), tables
 
 
 if __name__ == "__main__":

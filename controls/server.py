@@ -1,0 +1,760 @@
+"""A batched multi-session server: many agents drive one engine over ZeroMQ.
+
+    python -m controls.server --checkpoint runs/maze/teacher/checkpoint --bind tcp://127.0.0.1:5555
+
+Two layers. `Host` is the engine side: it owns one WorldSim with `max_sessions` rows, maps
+sessions to free rows, prompts a session from the real scene, steps many sessions in one
+batched engine call, keeps snapshots and recordings; it knows nothing of sockets, so the
+in-process env (`controls.client.SimEnv(checkpoint=...)`) runs the very same code. `Server`
+is the socket side: one ROUTER socket and a single-threaded poll loop (so nothing races the
+engine) that unpacks requests under limits, keeps one reply per request in order per client,
+and gathers pending steps into one batch until every live session has one pending or the
+bounded wait (`--batch-wait-ms`, or a session's tighter latency budget) runs out.
+
+Sessions belong to the ZeroMQ identity of the connection that opened them, and their ids
+are random tokens: a client can neither name nor touch another client's session or snapshot.
+The wire format is PROTOCOL.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import ipaddress
+import secrets
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+import scenes
+from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, NO_SESSION, NO_SNAPSHOT,
+                               PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
+                               decode_action, encode_frame, pack, request_id, unpack_request)
+
+TICK_RATE_HZ = 20.0
+LIVE_WINDOW_S = 0.25    # a session that asked for a step this recently is expected in the next batch
+REAP_EVERY_S = 1.0
+HARD_SIZE_FACTOR = 8    # ZeroMQ drops the connection of a peer sending over factor x max_message_bytes
+
+
+@dataclass
+class ServerConfig:
+    bind: str = DEFAULT_ENDPOINT
+    max_sessions: int = 16              # engine rows; one session each
+    batch_wait_ms: float = 2.0          # longest a step waits for others to join its batch
+    idle_timeout_s: float = 600.0       # sessions (and a silent client's snapshots) unused this long are closed
+    max_message_bytes: int = 64 * 1024
+    max_snapshots_per_client: int = 32
+    max_snapshots: int = 256
+    max_queued_per_client: int = 256   # requests waiting behind a client's pending step
+    policy: str = "explore"             # what the real scene does during a prompt (reset option "policy")
+    max_episode_steps: int | None = 2000  # truncated after this many steps; None: never
+    latency_budget_ms: float | None = None  # default per-session budget (reset option "latency_budget_ms")
+    record_dir: str | None = None       # write every session as a recording (controls.recording format)
+    curve_secret_key: str | None = None   # server certificate with its secret key (zmq.auth format)
+    curve_allowed_keys: str | None = None  # folder of allowed clients' public certificates
+    insecure: bool = False              # allow a non-loopback bind without CURVE
+
+
+# ---- the engine side --------------------------------------------------------------------------
+@dataclass
+class Session:
+    token: str
+    owner: bytes
+    row: int
+    seed: int = 0
+    tick: int = 0                       # frames since the last reset
+    frame: np.ndarray | None = None     # the latest observation, uint8 [H, W, 3]
+    policy: str = "explore"
+    max_episode_steps: int | None = None
+    latency_budget_ms: float | None = None
+    last_used: float = 0.0              # perf_counter of its last request
+    last_step: float = -1e9             # perf_counter of its last step request
+    recorder: Any = None                # controls.recording.RecordingWriter, when recording
+    recording: bool = False             # False after a restore: a branch is not a clip of consecutive ticks
+    record_tick: int = 0
+
+
+@dataclass
+class Snapshot:
+    token: str
+    owner: bytes
+    state: dict                         # the engine's copy of the row (KV cache, noise stream)
+    facts: dict                         # seed, tick, frame, policy, max_episode_steps, latency_budget_ms
+
+
+@dataclass
+class StepTicket:
+    session: Session
+    action: np.ndarray                  # float32 [A]
+    received: float                     # perf_counter when the request arrived
+
+
+class Host:
+    """Sessions over one engine: open, prompt, step in batches, snapshot, restore, close, expire."""
+
+    def __init__(self, engine, config: ServerConfig | None = None, scene: str | None = None,
+                 checkpoint: str | None = None):
+        self.engine = engine
+        self.config = config or ServerConfig()
+        self.scene = scene or engine.scene
+        if self.scene is None:
+            raise ValueError("the checkpoint names no scene; pass --scene")
+        self.actions = list(scenes.game_class(self.scene).ACTIONS)
+        if len(self.actions) != engine.action_dim:
+            raise ValueError(f"scene {self.scene!r} has {len(self.actions)} keys but the model takes "
+                             f"{engine.action_dim}; use a checkpoint of this scene")
+        if self.config.policy not in PROMPT_POLICIES:
+            raise ValueError(f"prompt policy must be one of {PROMPT_POLICIES}, got {self.config.policy!r}")
+        self.checkpoint = checkpoint
+        self.frame_shape = tuple(engine.frame_shape)
+        self.sessions: dict[str, Session] = {}
+        self.snapshots: dict[bytes, OrderedDict[str, Snapshot]] = {}
+        self.owner_seen: dict[bytes, float] = {}
+        self.free_rows = set(range(engine.num_sessions))
+        self._games: dict[int, Any] = {}  # row -> the one-world scene that prompts it
+        self._expired: OrderedDict[str, str] = OrderedDict()  # token -> why it is gone, for clear errors
+        self._rng = np.random.default_rng()
+        self.engine_step_s = 0.0          # inside engine.step
+        self.engine_other_s = 0.0         # prompts (scene + engine.reset), snapshots, restores
+        self.frames = 0
+        self.batches = 0
+        self.engine_ms_ema: float | None = None
+        if self.config.record_dir:
+            import controls.recording  # noqa: F401  (fail at start, not at the first session)
+
+    # ---- facts ----------------------------------------------------------------------------
+    def spec(self) -> dict:
+        H, W, _ = self.frame_shape
+        return {"protocol": PROTOCOL_VERSION, "scene": self.scene, "actions": list(self.actions),
+                "action_space": {"type": "MultiBinary", "n": len(self.actions)},
+                "frame_shape": [H, W, 3], "dtype": "uint8", "context_frames": int(self.engine.context_frames),
+                "tick_rate_hz": TICK_RATE_HZ, "max_sessions": int(self.engine.num_sessions),
+                "sessions_open": len(self.sessions), "sampler_steps": int(self.engine.sampler_steps),
+                "checkpoint": self.engine.config.get("id"), "policies": list(PROMPT_POLICIES),
+                "max_episode_steps": self.config.max_episode_steps}
+
+    def stats(self) -> dict:
+        return {"sessions": len(self.sessions), "max_sessions": int(self.engine.num_sessions),
+                "snapshots": sum(len(v) for v in self.snapshots.values()), "frames": self.frames,
+                "batches": self.batches, "mean_batch_size": self.frames / max(self.batches, 1),
+                "engine_step_s": self.engine_step_s, "engine_other_s": self.engine_other_s,
+                "engine_ms_per_batch": 1e3 * self.engine_step_s / max(self.batches, 1)}
+
+    def owns_anything(self, owner: bytes) -> bool:
+        return any(s.owner == owner for s in self.sessions.values()) or bool(self.snapshots.get(owner))
+
+    # ---- lookups --------------------------------------------------------------------------
+    def _session(self, owner: bytes, fields: dict) -> Session:
+        """The session a request names, or the client's only one when it names none."""
+        token = fields.get("session")
+        if token is None:
+            mine = [s for s in self.sessions.values() if s.owner == owner]
+            if len(mine) == 1:
+                return mine[0]
+            if not mine:
+                raise ProtocolError(NO_SESSION, "this client has no open session: call reset first to open one")
+            raise ProtocolError(BAD_REQUEST, f"this client has {len(mine)} sessions: name one with the field 'session'")
+        s = self.sessions.get(token)
+        if s is None or s.owner != owner:  # another client's session reads exactly like none
+            why = self._expired.get(token, "never opened by this client, closed, or the server restarted")
+            raise ProtocolError(NO_SESSION, f"no open session {token[:16]!r} for this client ({why}); "
+                                            "call reset to open one")
+        return s
+
+    def _snapshot(self, owner: bytes, token: str) -> Snapshot:
+        snap = self.snapshots.get(owner, {}).get(token)
+        if snap is None:
+            raise ProtocolError(NO_SNAPSHOT, f"no snapshot {token[:16]!r} for this client (never taken by it, "
+                                             "released, expired, or the server restarted)")
+        return snap
+
+    def _open(self, owner: bytes, now: float) -> Session:
+        if not self.free_rows:
+            raise ProtocolError(LIMIT, f"all {self.engine.num_sessions} sessions are in use: close one, or start "
+                                       "the server with a larger --max-sessions")
+        row = min(self.free_rows)
+        self.free_rows.discard(row)
+        s = Session(token=secrets.token_hex(8), owner=owner, row=row, last_used=now, policy=self.config.policy,
+                    max_episode_steps=self.config.max_episode_steps,
+                    latency_budget_ms=self.config.latency_budget_ms)
+        self.sessions[s.token] = s
+        return s
+
+    def _close(self, s: Session, why: str) -> None:
+        self.sessions.pop(s.token, None)
+        self.free_rows.add(s.row)
+        if s.recorder is not None:
+            s.recorder.close()
+            s.recorder = None
+        self._expired[s.token] = why
+        while len(self._expired) > 4096:
+            self._expired.popitem(last=False)
+
+    # ---- requests other than step -----------------------------------------------------------
+    def handle(self, owner: bytes, op: str, fields: dict, now: float) -> dict:
+        self.owner_seen[owner] = now
+        if op == "spec":
+            return self.spec()
+        if op == "ping":
+            return {"pong": True, "time": time.time()}
+        if op == "stats":
+            return {"stats": self.stats()}
+        t0 = time.perf_counter()
+        try:
+            return getattr(self, f"_op_{op}")(owner, fields, now)
+        finally:
+            self.engine_other_s += time.perf_counter() - t0
+
+    def _op_reset(self, owner: bytes, fields: dict, now: float) -> dict:
+        options = dict(fields.get("options") or {})
+        opened = "session" not in fields
+        s = self._open(owner, now) if opened else self._session(owner, fields)
+        try:
+            s.policy = options.get("policy", s.policy)
+            s.max_episode_steps = options.get("max_episode_steps", s.max_episode_steps)
+            s.latency_budget_ms = options.get("latency_budget_ms", s.latency_budget_ms)
+            seed = fields.get("seed")
+            seed = int(self._rng.integers(0, 2**31 - 1)) if seed is None else int(seed)
+            frames, actions = self._prompt(s.row, seed, s.policy)
+            self.engine.reset(frames[None], actions[None], sessions=[s.row], seeds=[seed])
+        except BaseException:
+            if opened:
+                self._close(s, "its reset failed")
+            raise
+        s.seed, s.tick, s.frame, s.last_used = seed, 0, frames[-1], now
+        self._record_prompt(s, frames, actions, "start" if opened else "reset")
+        return {"session": s.token, "obs": s.frame,
+                "info": {"seed": seed, "tick": 0, "policy": s.policy, "context_frames": len(frames)}}
+
+    def _prompt(self, row: int, seed: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
+        """The real scene at `seed`, rolled for context_frames ticks: uint8 [K, H, W, 3], float32 [K, A]."""
+        H, W, _ = self.frame_shape
+        game = self._games.get(row)
+        if game is None:
+            game = self._games[row] = scenes.make_batch(self.scene, 1, width=W, height=H)
+        K, A = int(self.engine.context_frames), len(self.actions)
+        frames = np.empty((K, H, W, 3), np.uint8)
+        actions = np.zeros((K, A), np.float32)  # the frame right after a world reset had no keys
+        frames[0] = game.reset([seed])[0]
+        pilot = None if policy == "idle" else scenes.make_policy(game, policy, seed=seed)
+        for k in range(1, K):
+            keys = np.zeros((1, A), bool) if pilot is None else pilot(game)
+            game.step(keys)
+            frames[k], actions[k] = game.render()[0], keys[0]
+        return frames, actions
+
+    def _op_snapshot(self, owner: bytes, fields: dict, now: float) -> dict:
+        s = self._session(owner, fields)
+        mine = self.snapshots.setdefault(owner, OrderedDict())
+        total = sum(len(v) for v in self.snapshots.values())
+        if len(mine) >= self.config.max_snapshots_per_client or total >= self.config.max_snapshots:
+            raise ProtocolError(LIMIT, f"snapshot limit reached ({len(mine)} of this client's, {total} in all): "
+                                       "release some with close {snapshot}")
+        snap = Snapshot(secrets.token_hex(8), owner, self.engine.snapshot(s.row),
+                        {"seed": s.seed, "tick": s.tick, "frame": s.frame, "policy": s.policy,
+                         "max_episode_steps": s.max_episode_steps, "latency_budget_ms": s.latency_budget_ms})
+        mine[snap.token] = snap
+        s.last_used = now
+        return {"snapshot": snap.token, "session": s.token, "tick": s.tick}
+
+    def _op_restore(self, owner: bytes, fields: dict, now: float) -> dict:
+        snap = self._snapshot(owner, fields["snapshot"])
+        s = self._open(owner, now) if fields.get("new_session") else self._session(owner, fields)
+        self.engine.restore(s.row, snap.state)
+        for name, value in snap.facts.items():
+            setattr(s, name, value)
+        s.last_used, s.recording = now, False
+        return {"session": s.token, "obs": s.frame,
+                "info": {"seed": s.seed, "tick": s.tick, "policy": s.policy, "restored": snap.token}}
+
+    def _op_close(self, owner: bytes, fields: dict, now: float) -> dict:
+        closed: dict[str, Any] = {"sessions": [], "snapshots": []}
+        if "snapshot" in fields:
+            self._snapshot(owner, fields["snapshot"])
+            del self.snapshots[owner][fields["snapshot"]]
+            closed["snapshots"].append(fields["snapshot"])
+        if "session" in fields:
+            s = self._session(owner, fields)
+            self._close(s, "closed by its client")
+            closed["sessions"].append(s.token)
+        if not fields:  # everything this client holds
+            for s in [s for s in self.sessions.values() if s.owner == owner]:
+                self._close(s, "closed by its client")
+                closed["sessions"].append(s.token)
+            closed["snapshots"] = list(self.snapshots.pop(owner, {}))
+        return {"closed": closed}
+
+    # ---- steps ------------------------------------------------------------------------------
+    def prepare_step(self, owner: bytes, fields: dict, now: float) -> StepTicket:
+        """Check a step request; the engine runs it later, in a batch (`run_steps`)."""
+        self.owner_seen[owner] = now
+        s = self._session(owner, fields)
+        action = decode_action(fields["action"], len(self.actions), self.actions)
+        s.last_used = s.last_step = now
+        return StepTicket(s, action, now)
+
+    def wait_ms(self, ticket: StepTicket) -> float:
+        """How long this step may wait for others: the batch wait, less if its budget needs it."""
+        wait = self.config.batch_wait_ms
+        budget = ticket.session.latency_budget_ms
+        if budget is not None:
+            wait = min(wait, max(0.0, budget - (self.engine_ms_ema or 0.0)))
+        return wait
+
+    def run_steps(self, tickets: list[StepTicket], now: float) -> list[dict]:
+        """One batched engine step for sessions on distinct rows; one reply body per ticket."""
+        rows = [t.session.row for t in tickets]
+        actions = np.stack([t.action for t in tickets])
+        budgets = [t.session.latency_budget_ms - (now - t.received) * 1e3
+                   for t in tickets if t.session.latency_budget_ms is not None]
+        t0 = time.perf_counter()
+        with self._budget(min(budgets) if budgets else None):
+            frames, reports = self.engine.step(actions, sessions=rows)
+        done = time.perf_counter()
+        engine_ms = (done - t0) * 1e3
+        self.engine_step_s += done - t0
+        self.engine_ms_ema = engine_ms if self.engine_ms_ema is None else 0.8 * self.engine_ms_ema + 0.2 * engine_ms
+        self.batches += 1
+        self.frames += len(tickets)
+        replies = []
+        for t, frame, report in zip(tickets, frames, reports):
+            s = t.session
+            s.tick += 1
+            s.frame = frame
+            wall_ms = (done - t.received) * 1e3
+            truncated = s.max_episode_steps is not None and s.tick >= s.max_episode_steps
+            info = {"steps": int(report["steps"]), "passes": int(report.get("passes", report["steps"])),
+                    "confidence": float(report.get("confidence", float("nan"))),
+                    "latency_ms": float(report["latency_ms"]), "wall_ms": wall_ms, "batch": len(tickets),
+                    "tick": s.tick, "over_budget": s.latency_budget_ms is not None and wall_ms > s.latency_budget_ms}
+            self._record_frame(s, t.action, frame, info)
+            replies.append({"session": s.token, "obs": frame, "reward": 0.0, "terminated": False,
+                            "truncated": truncated, "info": info})
+        return replies
+
+    @contextlib.contextmanager
+    def _budget(self, budget_ms: float | None):
+        """A distilled engine with adaptive steps ends this batch's frames within the tightest budget."""
+        allocator = getattr(self.engine, "allocator", None) if getattr(self.engine, "few_step", False) else None
+        if budget_ms is None or allocator is None or allocator.cfg.mode == "fixed":
+            yield
+            return
+        old = allocator.cfg
+        if old.mode == "budget":
+            budget_ms = min(budget_ms, old.budget_ms)
+        allocator.cfg = dataclasses.replace(old, mode="budget", budget_ms=max(budget_ms, 0.1))
+        try:
+            yield
+        finally:
+            allocator.cfg = old
+
+    # ---- recordings -------------------------------------------------------------------------
+    def _record_prompt(self, s: Session, frames: np.ndarray, actions: np.ndarray, reason: str) -> None:
+        if not self.config.record_dir:
+            return
+        from controls.recording import PromptRecord, RecordingWriter, make_header
+        if s.recorder is None:
+            header = make_header(self.scene, self.actions, self.frame_shape[:2], s.seed, TICK_RATE_HZ,
+                                 checkpoint=self.engine.config.get("id"), checkpoint_path=self.checkpoint,
+                                 sampler_steps=int(self.engine.sampler_steps), source="controls.server")
+            s.recorder = RecordingWriter(Path(self.config.record_dir) / f"session-{s.token}.dsarec", header)
+        s.recorder.write(PromptRecord(s.record_tick, frames, actions, s.seed, s.seed, reason))
+        s.recording = True
+
+    def _record_frame(self, s: Session, action: np.ndarray, frame: np.ndarray, info: dict) -> None:
+        if s.recorder is None or not s.recording:
+            return
+        from controls.recording import FrameRecord
+        s.record_tick += 1
+        s.recorder.write(FrameRecord(s.record_tick, action, frame, info["steps"], info["confidence"],
+                                     info["latency_ms"]))
+
+    # ---- housekeeping -----------------------------------------------------------------------
+    def reap(self, now: float) -> int:
+        """Close sessions idle past the timeout, and the snapshots of clients silent that long."""
+        limit = self.config.idle_timeout_s
+        idle = [s for s in self.sessions.values() if now - s.last_used > limit]
+        for s in idle:
+            self._close(s, f"closed after {limit:g} s without a request")
+        for owner in [o for o, seen in self.owner_seen.items() if now - seen > limit]:
+            self.snapshots.pop(owner, None)
+            if not any(s.owner == owner for s in self.sessions.values()):
+                del self.owner_seen[owner]
+        return len(idle)
+
+    def close_all(self) -> None:
+        for s in list(self.sessions.values()):
+            self._close(s, "the server shut down")
+        self.snapshots.clear()
+
+
+# ---- the socket side --------------------------------------------------------------------------
+def is_loopback(endpoint: str) -> bool:
+    """Does a bind endpoint stay on this machine? ipc:// and inproc:// do; tcp:// on 127.x or ::1 does."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", interface names, host names: not provably local
+        return False
+
+
+def check_bind(config: ServerConfig) -> None:
+    if is_loopback(config.bind) or config.insecure:
+        return
+    if not (config.curve_secret_key and config.curve_allowed_keys):
+        raise ValueError(f"refusing to bind {config.bind}: beyond loopback the server needs ZeroMQ CURVE keys "
+                         "(--curve-secret-key SERVER.key_secret --curve-allowed-keys DIR; make them with "
+                         "--make-keys DIR) or, on a network you trust, --insecure")
+
+
+@dataclass
+class Pending:
+    """One request from one client, between arrival and reply."""
+    envelope: list[bytes]               # routing frames to send the reply back with
+    rid: Any
+    op: str | None
+    fields: dict | None
+    received: float
+    error: ProtocolError | None = None  # refused already: answered in its turn
+    ticket: StepTicket | None = None
+
+
+@dataclass
+class ClientState:
+    queue: deque = field(default_factory=deque)   # requests not yet answered, in arrival order
+    inflight: list = field(default_factory=list)  # its steps in the batch being gathered
+
+
+class Server:
+    """The ROUTER socket and its poll loop. `serve()` runs until `stop()` (or SIGINT/SIGTERM in main)."""
+
+    def __init__(self, host: Host, config: ServerConfig | None = None, context: zmq.Context | None = None):
+        self.host = host
+        self.config = config or host.config
+        check_bind(self.config)
+        self.limits = Limits(max_message_bytes=self.config.max_message_bytes)
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.boot = secrets.token_hex(4)  # a restarted server has another: clients can tell their sessions are gone
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, HARD_SIZE_FACTOR * self.config.max_message_bytes)
+        self._auth = None
+        try:
+            if self.config.curve_secret_key:
+                self._auth = self._setup_curve()
+            self.socket.bind(self.config.bind)
+        except Exception as e:
+            self._release()
+            if isinstance(e, zmq.ZMQError):
+                raise OSError(f"cannot bind {self.config.bind} ({e}); is another server running there?") from None
+            raise
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.clients: dict[bytes, ClientState] = {}
+        self.batch: list[Pending] = []
+        self._deadline = float("inf")
+        self._stop = False
+        self.started = time.perf_counter()
+        self.requests = self.errors = 0
+        self.busy_s = 0.0          # handling time, poll waits excluded
+        self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
+        self.step_wall_ms: deque[float] = deque(maxlen=4096)
+
+    def _setup_curve(self):
+        from zmq.auth import load_certificate
+        from zmq.auth.thread import ThreadAuthenticator
+        if not zmq.has("curve"):
+            raise RuntimeError("this libzmq was built without CURVE; install pyzmq from its wheels")
+        if not self.config.curve_allowed_keys or not Path(self.config.curve_allowed_keys).is_dir():
+            raise ValueError("CURVE needs --curve-allowed-keys DIR: the allowed clients' public certificates")
+        public, secret = load_certificate(self.config.curve_secret_key)
+        if not secret:
+            raise ValueError(f"{self.config.curve_secret_key} holds no secret key: pass the server's .key_secret file")
+        auth = ThreadAuthenticator(self.context)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(self.config.curve_allowed_keys))
+        self.socket.curve_secretkey = secret
+        self.socket.curve_publickey = public
+        self.socket.curve_server = True
+        return auth
+
+    # ---- loop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler or another thread); it closes within ~0.1 s."""
+        self._stop = True
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        last_reap = time.perf_counter()
+        try:
+            while not self._stop:
+                wait_ms = 100.0
+                if self.batch:
+                    wait_ms = min(wait_ms, max(0.0, (self._deadline - time.perf_counter()) * 1e3))
+                events = poller.poll(wait_ms)
+                t0 = time.perf_counter()
+                if events:
+                    self._drain()
+                now = time.perf_counter()
+                if self.batch and self._batch_due(now):
+                    self._run_batch()
+                if now - last_reap > min(REAP_EVERY_S, self.config.idle_timeout_s / 4):
+                    last_reap = now
+                    self._reap(now)
+                self.busy_s += time.perf_counter() - t0
+        finally:
+            self._shutdown()
+
+    def _reap(self, now: float) -> None:
+        self.host.reap(now)
+        for owner in [o for o, c in self.clients.items() if not (c.queue or c.inflight)]:
+            if not self.host.owns_anything(owner):
+                del self.clients[owner]
+
+    def _drain(self, most: int = 1024) -> None:
+        for _ in range(most):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames, time.perf_counter())
+            except Exception:  # a bug must not take the server down with it
+                traceback.print_exc()
+
+    def _on_message(self, frames: list[bytes], now: float) -> None:
+        self.requests += 1
+        owner = frames[0]
+        # DEALER clients send [payload]; REQ clients [b"", payload]: answer in the same envelope
+        envelope = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+        body = frames[len(envelope):]
+        client = self.clients.setdefault(owner, ClientState())
+        pending = Pending(envelope, None, None, None, now)
+        try:
+            if len(body) != 1:
+                raise ProtocolError(BAD_MESSAGE, f"a request is one msgpack frame, got {len(body)} frames")
+            message = unpack_request(body[0], self.limits)
+            pending.rid = request_id(message)
+            pending.op, pending.fields = check_request(message)
+        except ProtocolError as e:
+            pending.error = e
+        if len(client.queue) >= self.config.max_queued_per_client:
+            self._reply(pending, ProtocolError(LIMIT, f"more than {self.config.max_queued_per_client} requests "
+                                                      "queued from this client: wait for replies before sending more"))
+            return
+        client.queue.append(pending)
+        self._advance(owner, client, now)
+
+    def _advance(self, owner: bytes, client: ClientState, now: float) -> None:
+        """Answer this client's queued requests in order; steps join the batch, which holds the rest back."""
+        while client.queue:
+            p = client.queue[0]
+            if p.error is None and p.op == "step":
+                try:
+                    ticket = self.host.prepare_step(owner, p.fields, now)
+                except Exception as e:
+                    if not isinstance(e, ProtocolError):
+                        traceback.print_exc()
+                        e = ProtocolError(INTERNAL, f"step failed inside the server ({type(e).__name__}: {e})")
+                    if client.inflight:
+                        return  # refused, but answered only after the steps before it
+                    client.queue.popleft()
+                    self._reply(p, e)
+                    continue
+                if any(q.ticket.session is ticket.session for q in client.inflight):
+                    return  # a second step of one session waits for the next batch
+                ticket.received = p.received
+                p.ticket = ticket
+                client.queue.popleft()
+                client.inflight.append(p)
+                self.batch.append(p)
+                self._deadline = min(self._deadline, p.received + self.host.wait_ms(ticket) / 1e3)
+                continue
+            if client.inflight:
+                return
+            client.queue.popleft()
+            self._reply(p, p.error or self._handle(owner, p, now))
+        if not client.inflight and not self.host.owns_anything(owner):
+            self.clients.pop(owner, None)
+
+    def _handle(self, owner: bytes, p: Pending, now: float) -> dict | ProtocolError:
+        try:
+            body = self.host.handle(owner, p.op, p.fields, now)
+        except ProtocolError as e:
+            return e
+        except Exception as e:  # a bug or an engine failure: say so, stay up
+            traceback.print_exc()
+            return ProtocolError(INTERNAL, f"{p.op} failed inside the server ({type(e).__name__}: {e})")
+        if p.op == "stats":
+            body["stats"].update(self.stats())
+        return body
+
+    def _batch_due(self, now: float) -> bool:
+        if now >= self._deadline:
+            return True
+        waiting = {id(p.ticket.session) for p in self.batch}
+        live = now - LIVE_WINDOW_S
+        return all(id(s) in waiting for s in self.host.sessions.values() if s.last_step >= live)
+
+    def _run_batch(self) -> None:
+        batch, self.batch, self._deadline = self.batch, [], float("inf")
+        start = time.perf_counter()
+        self.batch_wait_s += start - min(p.received for p in batch)
+        try:
+            results: list = self.host.run_steps([p.ticket for p in batch], start)
+        except Exception as e:
+            traceback.print_exc()
+            results = [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * len(batch)
+        for p, result in zip(batch, results):
+            self._reply(p, result)
+            if isinstance(result, dict):
+                self.step_wall_ms.append(result["info"]["wall_ms"])
+        owners = {p.envelope[0] for p in batch}
+        now = time.perf_counter()
+        for owner in owners:
+            client = self.clients.get(owner)
+            if client is not None:
+                client.inflight.clear()
+                self._advance(owner, client, now)
+
+    def _reply(self, p: Pending, result: dict | ProtocolError) -> None:
+        if isinstance(result, ProtocolError):
+            self.errors += 1
+            body = {"error": {"code": result.code, "message": result.message}}
+        else:
+            body = dict(result)
+            if "obs" in body:
+                body["obs"] = encode_frame(body["obs"])
+        body["id"] = p.rid
+        body["boot"] = self.boot
+        try:
+            self.socket.send_multipart([*p.envelope, pack(body)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the client is gone or not reading: its reply is dropped, never blocks the loop
+            pass
+
+    def stats(self) -> dict:
+        uptime = time.perf_counter() - self.started
+        engine_s = self.host.engine_step_s + self.host.engine_other_s
+        overhead = max(0.0, self.busy_s - engine_s)
+        wall = np.asarray(self.step_wall_ms) if self.step_wall_ms else np.zeros(1)
+        return {"uptime_s": uptime, "clients": len(self.clients), "requests": self.requests, "errors": self.errors,
+                "frames_per_s": self.host.frames / max(uptime, 1e-9), "busy_s": self.busy_s, "overhead_s": overhead,
+                "overhead_share": overhead / max(self.host.engine_step_s, 1e-9),
+                "batch_wait_ms_mean": 1e3 * self.batch_wait_s / max(self.host.batches, 1),
+                "step_wall_ms_p50": float(np.percentile(wall, 50)), "step_wall_ms_p99": float(np.percentile(wall, 99)),
+                "boot": self.boot, "protocol": PROTOCOL_VERSION}
+
+    def _shutdown(self) -> None:
+        """Answer what is still queued, close every session (flushing recordings), release the socket."""
+        bye = ProtocolError(SHUTTING_DOWN, "the server is shutting down")
+        for p in self.batch:
+            self._reply(p, bye)
+        for client in self.clients.values():
+            for p in client.queue:
+                self._reply(p, bye)
+        self.batch, self.clients = [], {}
+        self.host.close_all()
+        self._release(linger_ms=200)
+
+    def _release(self, linger_ms: int = 0) -> None:
+        self.socket.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self.context.term()
+
+
+# ---- command line -----------------------------------------------------------------------------
+def make_keys(folder: str) -> None:
+    """A server and a client certificate pair in `folder`, and an allowed-clients folder with the client's."""
+    import shutil
+    import zmq.auth
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(out, "server")
+    zmq.auth.create_certificates(out, "client")
+    allowed = out / "allowed"
+    allowed.mkdir(exist_ok=True)
+    shutil.copy(out / "client.key", allowed / "client.key")
+    print(f"server: {out / 'server.key_secret'} (keep private), {out / 'server.key'} (give to clients)\n"
+          f"client: {out / 'client.key_secret'} (the agent's), allowed clients: {allowed}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="python -m controls.server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="world checkpoint folder (default: the shipped model of --scene)")
+    p.add_argument("--scene", default=None, help="scene to prompt from (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA if present)")
+    p.add_argument("--bind", default=d.bind, help=f"ZeroMQ endpoint (default {d.bind})")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions)
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms)
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    p.add_argument("--max-snapshots", type=int, default=d.max_snapshots)
+    p.add_argument("--max-snapshots-per-client", type=int, default=d.max_snapshots_per_client)
+    p.add_argument("--policy", choices=PROMPT_POLICIES, default=d.policy, help="what the scene does during a prompt")
+    p.add_argument("--max-episode-steps", type=int, default=d.max_episode_steps, help="0: never truncate")
+    p.add_argument("--latency-budget-ms", type=float, default=None, help="default per-session budget")
+    p.add_argument("--sampler-steps", type=int, default=None, help="fixed denoising steps per frame")
+    p.add_argument("--record", default=None, metavar="DIR", help="write every session as a recording into DIR")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE")
+    p.add_argument("--curve-allowed-keys", default=None, metavar="DIR")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
+    p.add_argument("--make-keys", default=None, metavar="DIR", help="write CURVE certificates into DIR and exit")
+    args = p.parse_args(argv)
+    if args.make_keys:
+        make_keys(args.make_keys)
+        return 0
+    config = ServerConfig(bind=args.bind, max_sessions=args.max_sessions, batch_wait_ms=args.batch_wait_ms,
+                          idle_timeout_s=args.idle_timeout, max_message_bytes=args.max_message_bytes,
+                          max_snapshots=args.max_snapshots, max_snapshots_per_client=args.max_snapshots_per_client,
+                          policy=args.policy, max_episode_steps=args.max_episode_steps or None,
+                          latency_budget_ms=args.latency_budget_ms, record_dir=args.record,
+                          curve_secret_key=args.curve_secret_key, curve_allowed_keys=args.curve_allowed_keys,
+                          insecure=args.insecure)
+    from sim.bundle import shipped_checkpoint
+    from sim.checkpoint import CheckpointError
+    from sim.engine import WorldSim
+    checkpoint = args.checkpoint or shipped_checkpoint(args.scene or "maze")
+    if checkpoint is None:
+        print(f"dsa-sim: this install ships no model of scene {args.scene or 'maze'!r}; pass --checkpoint DIR",
+              file=sys.stderr)
+        return 2
+    try:
+        check_bind(config)
+        engine = WorldSim.load(checkpoint, num_sessions=config.max_sessions, device=args.device, verbose=True)
+        if args.sampler_steps:
+            engine.sampler_steps = args.sampler_steps
+        server = Server(Host(engine, config, scene=args.scene, checkpoint=str(checkpoint)), config)
+    except (CheckpointError, ValueError, OSError, RuntimeError) as e:
+        print(f"dsa-sim: {e}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop())
+    print(f"dsa-sim server: scene {server.host.scene!r} on {server.endpoint}, {config.max_sessions} sessions, "
+          f"protocol {PROTOCOL_VERSION}", flush=True)
+    server.serve()
+    print("dsa-sim server: stopped, sessions closed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
