@@ -209,10 +209,7 @@ def test_context_shorter_than_the_model_needs_is_refused(tmp_path):
 
 
 def test_command_line_on_a_real_scene(tmp_path, monkeypatch):
-    try:
-        import scenes
-    except ImportError as e:
-        pytest.skip(f"scenes not importable yet ({e})")
+    import scenes
     name = scenes.names()[0]
 
     def fake_load(checkpoint, num_sessions, device):
