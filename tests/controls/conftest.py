@@ -4,30 +4,11 @@ import threading
 import pytest
 import torch
 
-from sim.autoencoder import Autoencoder, AutoencoderConfig
-from sim.bundle import save_world
-from sim.model import ModelConfig, WorldModel
-
-MAZE_ACTIONS = ["forward", "back", "turn_left", "turn_right", "strafe_left", "strafe_right"]
-
-
-def tiny_maze_world(folder, seed: int = 0, size: int = 32):
-    """A randomly initialised tiny model + autoencoder of `size`x`size` maze frames, saved as a checkpoint."""
-    torch.manual_seed(seed)
-    ae = Autoencoder(AutoencoderConfig.from_name("tiny"))
-    cfg = ModelConfig.from_name("tiny", action_dim=6, latent_channels=ae.config.latent_channels,
-                                latent_h=size // 8, latent_w=size // 8)
-    model = WorldModel(cfg)
-    with torch.no_grad():  # zero-initialised output layers would make every frame the same
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    save_world(folder, {"scene": "maze", "actions": MAZE_ACTIONS, "resolution": [size, size]}, ae.eval(), model.eval())
-    return folder
-
 
 @pytest.fixture(scope="session")
-def world_checkpoint(tmp_path_factory):
-    return tiny_maze_world(tmp_path_factory.mktemp("controls-ckpt") / "tiny-maze")
+def world_checkpoint(tiny_checkpoint):
+    """The tiny 32x32 maze world of tests/conftest.py."""
+    return tiny_checkpoint
 
 
 class RunningServer:

@@ -1,4 +1,4 @@
-"""Shared fixtures for the world-model tests: a tiny world checkpoint made on the fly."""
+"""Fixtures shared by every room's tests: tiny world checkpoints made on the fly."""
 import pytest
 import torch
 
