@@ -45,26 +45,26 @@ DEFAULT_LR = {"ae": 1e-3, "teacher": 3e-4, "distill": 2e-5}
 
 @dataclass
 class TrainConfig:
-    stage: str = "teacher"
-    scene: str = "maze"
+    stage: str = "teacher"  # ae, teacher or distill
+    scene: str = "maze"  # the scene whose world is learned
     preset: str = "small"  # model preset; the autoencoder preset of the same name (base/large -> base)
-    out: str = "runs/maze"
+    out: str = "runs/maze"  # run folder; each stage writes <out>/<stage>/
     minutes: float = 10.0  # time box of this invocation
     max_steps: int = 0  # stop after this many total steps (0 = only the time box)
     batch_size: int = 32  # clips per step (per rank)
-    clip_frames: int = 12
-    width: int = 128
-    height: int = 128
-    lr: float = 0.0  # 0 = the stage's default (DEFAULT_LR)
-    warmup_steps: int = 300
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema: float = 0.999
+    clip_frames: int = 12  # frames per training clip (teacher, distill)
+    width: int = 128  # frame width in pixels (multiple of 8)
+    height: int = 128  # frame height in pixels (multiple of 8)
+    lr: float = 0.0  # learning rate; 0 = the stage default (ae 1e-3, teacher 3e-4, distill 2e-5)
+    warmup_steps: int = 300  # linear learning-rate warm-up
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient norm clip
+    ema: float = 0.999  # EMA decay of the weights the checkpoint carries
     workers: int = 4  # data worker processes (per rank)
-    seed: int = 0
+    seed: int = 0  # seeds the model init and the data stream
     compile: bool = False  # torch.compile the model (CUDA)
-    log_every: int = 25
-    save_every_minutes: float = 5.0
+    log_every: int = 25  # steps between metrics.jsonl rows
+    save_every_minutes: float = 5.0  # minutes between checkpoints (and one at the end)
     ae: str = ""  # teacher: autoencoder checkpoint (default <out>/ae/checkpoint)
     init: str = ""  # start from this checkpoint's weights with a fresh optimizer (when there is no state to resume)
     # teacher: flow matching
@@ -78,11 +78,11 @@ class TrainConfig:
     teacher: str = ""  # teacher checkpoint (default <out>/teacher/checkpoint)
     k_max: int = 4  # most denoising steps a frame may take
     student_shift: float = 3.0  # the student's step levels: shift(linspace(1, 0, k_max + 1))
-    prompt_frames: int = 4
+    prompt_frames: int = 4  # real frames that prompt each rollout
     critic_steps: int = 2  # critic (fake score) updates per student update
     dmd_guidance: float = 1.0  # action guidance on the teacher's score; 1 = off
     conf_scale: float = 0.05  # latent MSE at which the confidence target is 1/e
-    conf_weight: float = 1.0
+    conf_weight: float = 1.0  # weight of the confidence loss beside DMD
     cache_last_step: bool = False  # commit the exit step's K/V instead of a separate t=0 cache pass
 
 
@@ -293,11 +293,10 @@ class Trainer:
                                         pin_memory=self.device.type == "cuda"))
         if self.main:
             n = count_params(self.module)
+            devices = f"{self.device}" + (f" x{self.world}" if self.world > 1 else "")
+            resume = f", resuming at step {self.step}" if self.step else ""
             print(f"dsa-sim train: stage {cfg.stage}, scene {cfg.scene}, preset {cfg.preset}, {n / 1e6:.2f}M params, "
-                  f"device {self.device}{' x' + str(self.world) if self.world > 1 else ''}, "
-                  f"{'bf16 autocast' if self.amp else 'fp32'}, resuming at step {self.step}" if self.step else
-                  f"dsa-sim train: stage {cfg.stage}, scene {cfg.scene}, preset {cfg.preset}, {n / 1e6:.2f}M params, "
-                  f"device {self.device}{' x' + str(self.world) if self.world > 1 else ''}, {'bf16 autocast' if self.amp else 'fp32'}")
+                  f"device {devices}, {'bf16 autocast' if self.amp else 'fp32'}, lr {self.lr:g}{resume}")
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -482,17 +481,27 @@ class Trainer:
         return {"heldout_psnr_db": round(val, 3), "latent_scale": scale}
 
 
+def field_comments(cls) -> dict[str, str]:
+    """The `# comment` beside each dataclass field: the one place an option is described."""
+    import inspect
+    import re
+    found = re.findall(r"^\s+(\w+): [^=]+= [^#\n]+#\s*(.+)$", inspect.getsource(cls), re.M)
+    return dict(found)
+
+
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m sim.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    comments = field_comments(TrainConfig)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        text = f"{comments.get(f.name, '')} (default: {f.default!r})".lstrip()
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             kw = {"choices": STAGES} if f.name == "stage" else {}
-            p.add_argument(flag, type=kind, default=f.default, **kw)
+            p.add_argument(flag, type=kind, default=f.default, help=text, **kw)
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
