@@ -334,7 +334,8 @@ class ClipTable(Protocol):
 
 
 @dataclass
-class ShardFile:
+class ClipFile:
+    """A file of clips on disk: where it is, how many clips it holds, the folder's metadata."""
     path: Path
     num_clips: int
     meta: dict = field(repr=False)
@@ -343,6 +344,8 @@ class ShardFile:
     def name(self) -> str:
         return str(self.path)
 
+
+class ShardFile(ClipFile):
     def load(self) -> dict[str, np.ndarray]:
         m = self.meta
         A = len(m["action_names"])
@@ -534,16 +537,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # the scene's real frame under the player's keys where the record holds one (play.py always
 # stores it, so `seed` and `start_tick` replay a clip bit for bit), else the model's frame.
 # Each timeline gives clips of ClipConfig.clip_frames ticks, one every clip_frames // 2.
-@dataclass
-class RecordingFile:
-    path: Path
-    num_clips: int
-    meta: dict = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return str(self.path)
-
+class RecordingFile(ClipFile):
     def load(self) -> dict[str, np.ndarray]:
         T, stride = self.meta["clip_frames"], max(1, self.meta["clip_frames"] // 2)
         clips = [{"frames": frames[s:s + T], "actions": actions[s:s + T], "seed": np.int64(seed),
