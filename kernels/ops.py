@@ -65,5 +65,20 @@ def gated_residual(x, y, gate):
     return _impl(x).gated_residual(x, y, gate)
 
 
+# fused block ops: a block's linears with the adaLN pieces around them (the frame step's path)
+def modulated_ln_linear(x, shift, scale, weight, bias, gelu=False, eps=1e-6):
+    return _impl(x).modulated_ln_linear(x, shift, scale, weight, bias, gelu, eps)
+
+
+def linear_gated_residual(x, inp, weight, bias, gate):
+    return _impl(x).linear_gated_residual(x, inp, weight, bias, gate)
+
+
+def modulated_ln_qkv_append(x, shift, scale, qkv_weight, qkv_bias, q_weight, k_weight, cos, sin,
+                            k_cache, v_cache, rows, slot, n_heads, eps=1e-6):
+    return _impl(x).modulated_ln_qkv_append(x, shift, scale, qkv_weight, qkv_bias, q_weight, k_weight, cos, sin,
+                                            k_cache, v_cache, rows, slot, n_heads, eps)
+
+
 rms_norm = reference.rms_norm
 apply_rope = reference.apply_rope

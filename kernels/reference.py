@@ -91,3 +91,45 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     B, L, D = x.shape
     Fr = gate.shape[1]
     return (x.view(B, Fr, L // Fr, D) + gate[:, :, None] * y.view(B, Fr, L // Fr, D)).view(B, L, D)
+
+
+# ---- fused block ops: a linear layer with the adaLN pieces around it ---------------------------
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def modulated_ln_linear(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                        weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False,
+                        eps: float = 1e-6) -> torch.Tensor:
+    """act(modulated_layer_norm(x) @ weight.T + bias): the norm that feeds a block's MLP.
+
+    x: [B, F*N, D]; shift, scale: [B, F, D]; weight: [O, D]; bias: [O]. Returns [B, F*N, O].
+    """
+    y = F.linear(modulated_layer_norm(x, shift, scale, eps), weight, bias)
+    return gelu_tanh(y) if gelu else y
+
+
+def linear_gated_residual(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None, gate: torch.Tensor) -> torch.Tensor:
+    """x + gate * (inp @ weight.T + bias): a block's output projection back into the stream.
+
+    x: [B, F*N, D]; inp: [B, F*N, K]; weight: [D, K]; bias: [D]; gate: [B, F, D].
+    """
+    return gated_residual(x, F.linear(inp, weight, bias), gate)
+
+
+def modulated_ln_qkv_append(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                            qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None,
+                            q_weight: torch.Tensor, k_weight: torch.Tensor,
+                            cos: torch.Tensor, sin: torch.Tensor,
+                            k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            rows: torch.Tensor, slot: torch.Tensor, n_heads: int,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """The attention half of a block up to the scores: modulated LN -> qkv -> QK norm + RoPE,
+    k and v into the cache. x: [B, N, D] (one frame); shift, scale: [B, 1, D];
+    qkv_weight: [3D, D] (q, k, v stacked, heads inside each). Returns q: [B, nh, N, hd].
+    """
+    B, N, D = x.shape
+    qkv = F.linear(modulated_layer_norm(x, shift, scale, eps), qkv_weight, qkv_bias)
+    q, k, v = qkv.view(B, N, 3, n_heads, D // n_heads).unbind(2)  # (B, N, nh, hd) each
+    return qk_norm_rope_append(q, k, v, q_weight, k_weight, cos, sin, k_cache, v_cache, rows, slot, eps)

@@ -14,10 +14,11 @@ import torch
 
 from kernels import adaln, reference
 from kernels import frame_attention as _attention
-from kernels import kv_append
+from kernels import fused_linear, kv_append, qkv_append
 
 __all__ = ["qk_norm_rope_append", "frame_attention", "modulated_layer_norm", "gated_residual",
-           "gated_residual_modulated_layer_norm"]
+           "gated_residual_modulated_layer_norm", "modulated_ln_linear", "linear_gated_residual",
+           "modulated_ln_qkv_append"]
 
 
 def _check_device(x: torch.Tensor) -> None:
@@ -64,3 +65,27 @@ def gated_residual_modulated_layer_norm(x, y, gate, shift, scale, eps=1e-6):
         return adaln.reference_fused(x, y, gate, shift, scale, eps)
     _check_device(x)
     return adaln.gated_residual_modulated_layer_norm(x, y, gate, shift, scale, eps)
+
+
+def modulated_ln_linear(x, shift, scale, weight, bias, gelu=False, eps=1e-6):
+    if _needs_grad(x, shift, scale, weight) or x.shape[-1] > adaln.MAX_D:
+        return reference.modulated_ln_linear(x, shift, scale, weight, bias, gelu, eps)
+    _check_device(x)
+    return fused_linear.modulated_ln_linear(x, shift, scale, weight, bias, gelu, eps)
+
+
+def linear_gated_residual(x, inp, weight, bias, gate):
+    if _needs_grad(x, inp, weight, gate):
+        return reference.linear_gated_residual(x, inp, weight, bias, gate)
+    _check_device(x)
+    return fused_linear.linear_gated_residual(x, inp, weight, bias, gate)
+
+
+def modulated_ln_qkv_append(x, shift, scale, qkv_weight, qkv_bias, q_weight, k_weight, cos, sin,
+                            k_cache, v_cache, rows, slot, n_heads, eps=1e-6):
+    if _needs_grad(x, shift, scale, qkv_weight, q_weight, k_weight):
+        return reference.modulated_ln_qkv_append(x, shift, scale, qkv_weight, qkv_bias, q_weight, k_weight, cos, sin,
+                                                 k_cache, v_cache, rows, slot, n_heads, eps)
+    _check_device(x)
+    return qkv_append.modulated_ln_qkv_append(x, shift, scale, qkv_weight, qkv_bias, q_weight, k_weight, cos, sin,
+                                              k_cache, v_cache, rows, slot, n_heads, eps)

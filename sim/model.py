@@ -164,12 +164,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
-    def forward_frame(self, x, cos, sin, k_cache, v_cache, rows, slot, start, count):
-        """Inference: x [B, N, D] one frame per row; cos/sin [B, N, hd/2]; caches of one layer."""
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, self.head_dim).unbind(2)  # (B, N, nh, hd)
-        q = ops.qk_norm_rope_append(q, k, v, self.q_norm, self.k_norm, cos, sin, k_cache, v_cache, rows, slot)
-        return self.proj(ops.frame_attention(q, k_cache, v_cache, rows, start, count))
 
 
 class Block(nn.Module):
@@ -190,11 +184,18 @@ class Block(nn.Module):
         x = ops.gated_residual(x, self.attn(ops.modulated_layer_norm(x, sa, ca), cos, sin, mask), ga)
         return self._mlp(x, sm, cm, gm)
 
-    def forward_frame(self, x, c, cos, sin, k_cache, v_cache, rows, slot, start, count):
-        sa, ca, ga, sm, cm, gm = modulate_params(self.ada(c), 6)  # each (B, 1, D)
-        h = self.attn.forward_frame(ops.modulated_layer_norm(x, sa, ca), cos, sin, k_cache, v_cache, rows, slot, start, count)
-        x = ops.gated_residual(x, h, ga)
-        return self._mlp(x, sm, cm, gm)
+    def forward_frame(self, x, mod, cos, sin, k_cache, v_cache, rows, slot, start, count):
+        """Inference, the same function as `forward` for one frame: x [B, N, D]; mod: this block's
+        six (B, 1, D) modulations; cos/sin [B, N, hd/2]; caches of this layer. Four fused ops
+        around the attention (see kernels.fused_linear, kernels.qkv_append)."""
+        sa, ca, ga, sm, cm, gm = mod
+        a = self.attn
+        q = ops.modulated_ln_qkv_append(x, sa, ca, a.qkv.weight, a.qkv.bias, a.q_norm, a.k_norm, cos, sin,
+                                        k_cache, v_cache, rows, slot, a.n_heads)  # (B, nh, N, hd)
+        o = ops.frame_attention(q, k_cache, v_cache, rows, start, count)  # (B, N, D)
+        x = ops.linear_gated_residual(x, o, a.proj.weight, a.proj.bias, ga)
+        h = ops.modulated_ln_linear(x, sm, cm, self.mlp[0].weight, self.mlp[0].bias, gelu=True)  # (B, N, 4D)
+        return ops.linear_gated_residual(x, h, self.mlp[2].weight, self.mlp[2].bias, gm)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -259,15 +260,16 @@ class WorldModel(nn.Module):
         return F.silu(t_emb + a_emb), t_emb
 
     def head(self, x: torch.Tensor, c: torch.Tensor, t_emb: torch.Tensor,
-             detach_confidence: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             detach_confidence: bool = False, mod: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, F*N, D], c/t_emb [B, F, D] -> (v tokens [B, F*N, p*p*C], confidence [B, F]).
 
         detach_confidence: the confidence loss trains the head only, not the generator under it.
+        mod: the final (shift, scale) when already computed (`frame_modulation`).
         """
         B, L, D = x.shape
         Fr = c.shape[1]
-        shift, scale = modulate_params(self.final_ada(c), 2)
-        v = self.out(ops.modulated_layer_norm(x, shift, scale))
+        shift, scale = mod if mod is not None else modulate_params(self.final_ada(c), 2)
+        v = ops.modulated_ln_linear(x, shift, scale, self.out.weight, self.out.bias)
         pooled = x.view(B, Fr, L // Fr, D).mean(2)  # (B, F, D)
         feats = torch.cat([pooled, t_emb], -1)
         conf = torch.sigmoid(self.confidence(feats.detach() if detach_confidence else feats).squeeze(-1))
@@ -315,13 +317,24 @@ class WorldModel(nn.Module):
         rows = cache.all_rows if rows is None else rows
         tok = self.patch_embed(self.patchify(x)) + self.pos_embed  # (B, N, D)
         c, t_emb = self.condition(s[:, None], actions[:, None], None if drop_action is None else drop_action[:, None])
+        mods, final = self.frame_modulation(c)
         cos, sin = self.rope(cache.length.index_select(0, rows))  # (B, N, hd/2)
         slot = cache.slot().index_select(0, rows)
         start, count = cache.bounds()
         for i, blk in enumerate(self.blocks):
-            tok = blk.forward_frame(tok, c, cos, sin, cache.k[i], cache.v[i], rows, slot, start, count)
-        v, conf = self.head(tok, c, t_emb)
+            tok = blk.forward_frame(tok, mods[i], cos, sin, cache.k[i], cache.v[i], rows, slot, start, count)
+        v, conf = self.head(tok, c, t_emb, mod=final)
         return self.unpatchify(v), conf[:, 0]
+
+    def frame_modulation(self, c: torch.Tensor) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """Every block's adaLN projection and the head's, as one matmul: c [B, F, D] ->
+        ([six (B, F, D) per block], [shift, scale]). The same values as each block's own `ada(c)`;
+        one launch instead of n_layers + 1 at the frame step, where launches are the cost."""
+        linears = [blk.ada for blk in self.blocks] + [self.final_ada]
+        weight = torch.cat([m.weight for m in linears])  # (n_layers*6D + 2D, D)
+        bias = torch.cat([m.bias for m in linears])
+        chunks = modulate_params(F.linear(c, weight, bias), 6 * len(self.blocks) + 2)
+        return [chunks[6 * i:6 * i + 6] for i in range(len(self.blocks))], chunks[-2:]
 
 
 def count_params(model: nn.Module) -> int:
