@@ -26,6 +26,7 @@ from sim.allocator import AllocatorConfig, StepAllocator
 from sim.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
 from sim.bundle import load_world
 from sim.distill import student_levels
+from sim.graphs import DecodeGraphs, FrameGraphs
 from sim.model import WorldModel
 from sim.sampler import SamplerConfig, commit_frame, sample_frame
 
@@ -41,7 +42,7 @@ class WorldSim:
     def __init__(self, model: WorldModel, ae: Autoencoder, config: dict | None = None,
                  num_sessions: int = 1, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, sampler: SamplerConfig | None = None, seed: int = 0,
-                 allocator: AllocatorConfig | None = None, verbose: bool = False):
+                 allocator: AllocatorConfig | None = None, graphs: bool | None = None, verbose: bool = False):
         self.device = pick_device(str(device) if device is not None else None)
         # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are several times slower
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -50,9 +51,20 @@ class WorldSim:
         self.config = config or {}
         self.num_sessions = int(num_sessions)
         self.sampler = sampler or SamplerConfig()
-        self.cache = self.model.setup_cache(self.num_sessions, self.device, self.dtype)
+        # one row more than sessions: the padding row of the graph buckets, owned by no session
+        self.cache = self.model.setup_cache(self.num_sessions + 1, self.device, self.dtype)
         cfg = self.model.cfg
         self.latent_shape = (cfg.latent_channels, cfg.latent_h, cfg.latent_w)
+        # CUDA graphs per batch-size bucket on CUDA (graphs=True on the CPU runs their padded
+        # buffers eagerly, for tests); `self.net` is what the samplers call forward_frame on
+        self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        if self.graphs:
+            capture = self.device.type == "cuda"
+            self.net = FrameGraphs(self.model, self.cache, pad_row=self.num_sessions, capture=capture)
+            self._decode_graphs = DecodeGraphs(self._decode_tensor, self.latent_shape, self.dtype,
+                                               self.num_sessions, self.device, capture=capture)
+        else:
+            self.net = self.model
         self.action_dim = cfg.action_dim
         self.frame_shape = (cfg.latent_h * 8, cfg.latent_w * 8, 3)
         self._generators = [torch.Generator().manual_seed(seed + i) for i in range(self.num_sessions)]
@@ -66,8 +78,10 @@ class WorldSim:
             self.allocator = StepAllocator(AllocatorConfig(k_max=k_max, fixed_steps=k_max))
             self.set_allocator(allocator or self.allocator.cfg)
         if verbose:
+            from kernels import ops  # noqa: PLC0415 (only to report it)
             print(f"dsa-sim engine: {self.device} {str(self.dtype).replace('torch.', '')}, "
-                  f"{self.num_sessions} session(s), scene {self.scene!r}")
+                  f"{self.num_sessions} session(s), scene {self.scene!r}, kernels {ops.backend()}, "
+                  f"CUDA graphs {'on' if self.graphs and self.device.type == 'cuda' else 'off'}")
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, num_sessions: int = 1, device=None, **kwargs) -> "WorldSim":
@@ -143,9 +157,14 @@ class WorldSim:
         """uint8 [B, H, W, 3] -> latents [B, C, h, w] in the engine's dtype."""
         return self.ae.encode(frames_to_tensor(frames, self.device).to(self.dtype))
 
+    def _decode_tensor(self, z: torch.Tensor) -> torch.Tensor:
+        return tensor_to_frames(self.ae.decode(z))
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        return tensor_to_frames(self.ae.decode(z)).cpu().numpy()
+        """latents [B, C, h, w] -> uint8 frames [B, H, W, 3] on the host (the copy synchronises)."""
+        frames = self._decode_graphs(z) if self.graphs else self._decode_tensor(z)
+        return frames.cpu().numpy()
 
     def _noise(self, rows: torch.Tensor) -> torch.Tensor:
         z = torch.stack([torch.randn(self.latent_shape, generator=self._generators[int(r)]) for r in rows.tolist()])
@@ -172,7 +191,7 @@ class WorldSim:
         self.cache.reset(rows)
         z = self.encode(f.reshape(B * K, *self.frame_shape)).view(B, K, *self.latent_shape)
         for k in range(K):
-            commit_frame(self.model, self.cache, z[:, k], a[:, k], self.sampler, rows)
+            commit_frame(self.net, self.cache, z[:, k], a[:, k], self.sampler, rows)
         self._prompted[rows.cpu().numpy()] = True
 
     @torch.no_grad()
@@ -191,9 +210,9 @@ class WorldSim:
         if self.few_step:
             return self._step_few(a, rows, observe)
         t0 = time.perf_counter()
-        x0 = sample_frame(self.model, self.cache, a, self._noise(rows), self.sampler, rows)
+        x0 = sample_frame(self.net, self.cache, a, self._noise(rows), self.sampler, rows)
         context = x0 if observe is None else self.encode(self._frames(observe, (B,)))
-        commit_frame(self.model, self.cache, context, a, self.sampler, rows)
+        commit_frame(self.net, self.cache, context, a, self.sampler, rows)
         frames = self.decode(x0)  # the copy to host synchronises the device
         latency_ms = (time.perf_counter() - t0) * 1e3
         passes = self.sampler.steps * (2 if self.sampler.guidance != 1.0 else 1)
@@ -219,7 +238,7 @@ class WorldSim:
             t_step = time.perf_counter()
             idx = torch.as_tensor(active, device=self.device)
             s = levels[k - 1].expand(len(active))
-            v, conf = self.model.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
+            v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
             x0[idx] = x[idx] - levels[k - 1] * v
             conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
             alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
@@ -233,11 +252,11 @@ class WorldSim:
             x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * self._noise(rows[idx])
         t_finish = time.perf_counter()
         if observe is not None:
-            commit_frame(self.model, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)
+            commit_frame(self.net, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)
         elif self.cache_last_step:
             self.cache.advance(rows)  # each session's slot already holds its exit step's K/V
         else:
-            commit_frame(self.model, self.cache, x0, a, self.sampler, rows)
+            commit_frame(self.net, self.cache, x0, a, self.sampler, rows)
         frames = self.decode(x0)
         alloc.cost.record_finish(B, (time.perf_counter() - t_finish) * 1e3)
         alloc.end_frame(steps)

@@ -1,0 +1,149 @@
+"""CUDA graphs for the frame step: each batch-size bucket captured once, then replayed.
+
+At the batch sizes of a game (1 to 64 sessions) a denoising step is a few dozen small
+kernels, and launching them one by one from Python costs more than running them. A graph
+launches them all at once. What a graph needs, and this module provides:
+
+- static inputs: each bucket b (1, 2, 4, ... up to the number of sessions) owns fixed
+  buffers; a call with n <= b rows copies its inputs into the first n and pads the rest;
+- no host values inside: positions, ring slots and windows are read from the cache's device
+  tensors (`KVCache.length`) by the captured kernels, so a replay sees the cache as it is now;
+- a harmless place for padding: the cache has one spare row (`pad_row`) that no session
+  owns; padded rows read and write only it, and their outputs are dropped;
+- warm-up before capture, on a side stream, with every row on the spare row: lazy
+  initialisation and Triton autotuning run there, never inside a capture, and no session's
+  cache is touched.
+
+    graphs = FrameGraphs(model, cache, pad_row=num_sessions)
+    v, conf = graphs.forward_frame(x, s, actions, cache, rows)   # model.forward_frame's signature
+
+Outputs are views into the bucket's static buffers: valid until that bucket is replayed
+again. Each bucket has its own memory pool, so replaying one never overwrites another's.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from sim.kv_cache import KVCache
+from sim.model import WorldModel
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """Powers of two below max_batch, then max_batch itself."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch]
+
+
+class BucketedGraphs:
+    """fn(*inputs) -> tensor outputs, captured once per bucket of the leading (batch) dimension.
+
+    inputs: per input (shape without the batch dim, dtype, padding value). A call takes the
+    smallest bucket >= its batch; padded rows get the padding value (None: left as they were).
+    capture=False runs fn eagerly on the same static, padded buffers: the CPU twin (tests).
+    """
+
+    def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[tuple[tuple, torch.dtype, object]],
+                 max_batch: int, device: torch.device, warmup: int = 3, capture: bool | None = None):
+        self.capture = device.type == "cuda" if capture is None else capture
+        if self.capture and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.fn, self.specs, self.device, self.warmup = fn, list(inputs), device, warmup
+        self.buckets = bucket_sizes(max_batch)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def bucket(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"batch of {n} exceeds the largest graph bucket {self.buckets[-1]}")
+
+    def _capture(self, b: int) -> None:
+        static = []
+        for shape, dtype, pad in self.specs:
+            t = torch.zeros((b, *shape), dtype=dtype, device=self.device)
+            if pad is not None:
+                t.fill_(pad)
+            static.append(t)
+        if not self.capture:
+            self._graphs[b] = (None, static, [])
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(*static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # a pool of its own: outputs live until this bucket replays
+            outputs = list(self.fn(*static))
+        self._graphs[b] = (graph, static, outputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        n = inputs[0].shape[0]
+        b = self.bucket(n)
+        if b not in self._graphs:
+            self._capture(b)
+        graph, static, outputs = self._graphs[b]
+        for dst, src, (_, _, pad) in zip(static, inputs, self.specs):
+            dst[:n].copy_(src)
+            if n < b and pad is not None:
+                dst[n:].fill_(pad)
+        if graph is None:
+            return [o[:n] for o in self.fn(*static)]
+        graph.replay()
+        return [o[:n] for o in outputs]
+
+    @property
+    def captured(self) -> list[int]:
+        return sorted(self._graphs)
+
+
+class FrameGraphs:
+    """`WorldModel.forward_frame` on one cache, replayed from CUDA graphs. Drop-in for the model
+    wherever the sampler and engine call `forward_frame` (same signature and results)."""
+
+    def __init__(self, model: WorldModel, cache: KVCache, pad_row: int, max_batch: int | None = None,
+                 capture: bool | None = None):
+        if not 0 <= pad_row < cache.batch:
+            raise ValueError(f"pad_row {pad_row} is not a row of the cache (it holds {cache.batch})")
+        self.model, self.cache, self.pad_row = model, cache, pad_row
+        cfg = model.cfg
+        dtype, device = model.pos_embed.dtype, model.pos_embed.device
+        self.latent_shape = (cfg.latent_channels, cfg.latent_h, cfg.latent_w)
+        specs = [(self.latent_shape, dtype, None), ((), torch.float32, None), ((cfg.action_dim,), dtype, None),
+                 ((), torch.bool, False), ((), torch.long, pad_row)]
+        self.graphs = BucketedGraphs(self._step, specs, max_batch or cache.batch - 1, device, capture=capture)
+
+    def _step(self, x, s, actions, drop, rows):
+        return self.model.forward_frame(x, s, actions, self.cache, rows, drop_action=drop)
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    def forward_frame(self, x: torch.Tensor, s: torch.Tensor, actions: torch.Tensor, cache: KVCache,
+                      rows: torch.Tensor | None = None, drop_action: torch.Tensor | None = None):
+        if cache is not self.cache:
+            raise ValueError("these graphs were captured on another cache")
+        n = x.shape[0]
+        rows = self.cache.all_rows[:n] if rows is None else rows
+        drop = torch.zeros(n, dtype=torch.bool, device=x.device) if drop_action is None else drop_action
+        v, conf = self.graphs(x, s.expand(n), actions, drop, rows)
+        return v, conf
+
+
+class DecodeGraphs:
+    """The autoencoder's decoder to uint8 frames, replayed from CUDA graphs per bucket."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], latent_shape: tuple, dtype: torch.dtype,
+                 max_batch: int, device: torch.device, capture: bool | None = None):
+        self.graphs = BucketedGraphs(lambda z: [decode(z)], [(latent_shape, dtype, None)], max_batch, device,
+                                     capture=capture)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.graphs(z)[0]
