@@ -1,8 +1,10 @@
-"""Training stages: `python -m sim.train --stage ae|teacher|distill [--preset small] [--scene maze] [--minutes 10]`.
+"""Training stages: `python -m sim.train --stage ae|teacher|distill|export [--preset small] [--scene maze] [--minutes 10]`.
 
     ae       the autoencoder, on frames streamed from the scene
     teacher  the action-conditioned causal DiT, many-step, by teacher forcing (flow matching)
     distill  DSA: the few-step student and its confidence head, by Self-Forcing + DMD (sim.distill)
+    export   the shipped bf16 checkpoint in the package (sim.export): <out>/distill/checkpoint,
+             else <out>/teacher/checkpoint, unless --checkpoint; other flags go to sim.export
 
 Each stage writes into <out>/<stage>/:
     checkpoint/     the usable result (EMA weights for the teacher), a world checkpoint
@@ -39,7 +41,7 @@ from sim.metrics import psnr
 from sim.model import ModelConfig, WorldModel, count_params
 from sim.sampler import shift_levels
 
-STAGES = ("ae", "teacher", "distill")
+STAGES = ("ae", "teacher", "distill", "export")
 DEFAULT_LR = {"ae": 1e-3, "teacher": 3e-4, "distill": 2e-5}
 
 
@@ -208,8 +210,8 @@ def heldout_frames(scene: str, n: int, width: int, height: int) -> np.ndarray:
 # ---- the loop ------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        if cfg.stage not in STAGES:
-            raise SystemExit(f"unknown stage {cfg.stage!r}; choose one of {STAGES}")
+        if cfg.stage not in STAGES or cfg.stage == "export":
+            raise SystemExit(f"unknown training stage {cfg.stage!r}; choose one of {STAGES[:-1]}")
         if cfg.scene not in scenes.names():
             raise SystemExit(f"unknown scene {cfg.scene!r}; choose one of {scenes.names()}")
         self.cfg = cfg
@@ -505,7 +507,31 @@ def parse_args(argv=None) -> TrainConfig:
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
+def export_stage(argv: list[str]) -> None:
+    """`--stage export`: the newest stage's checkpoint of --out (or --checkpoint) -> sim.export."""
+    from sim import export  # noqa: PLC0415
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stage")
+    pre.add_argument("--out", default=TrainConfig.out)
+    pre.add_argument("--scene", default=None)
+    pre.add_argument("--checkpoint", default=None)
+    ns, rest = pre.parse_known_args(argv)
+    source = ns.checkpoint
+    if source is None:
+        found = [Path(ns.out) / st / "checkpoint" for st in ("distill", "teacher")]
+        found = [f for f in found if (f / "manifest.json").exists()]
+        if not found:
+            raise SystemExit(f"error: no distill or teacher checkpoint under {ns.out}; pass --out or --checkpoint")
+        source = str(found[0])
+    export.main(rest + ["--checkpoint", source] + (["--scene", ns.scene] if ns.scene else []))
+
+
 def main(argv=None) -> None:
+    import sys  # noqa: PLC0415
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "export" in argv and argv[argv.index("export") - 1] == "--stage" or "--stage=export" in argv:
+        export_stage([a.replace("--stage=export", "--stage") for a in argv])
+        return
     Trainer(parse_args(argv)).run()
     if dist.is_initialized():
         dist.destroy_process_group()
