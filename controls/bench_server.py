@@ -1,7 +1,10 @@
 """How fast the server serves: env frames/s for N sessions, round trip for one, and its own overhead.
 
     python -m controls.bench_server --checkpoint runs/maze/teacher/checkpoint --sessions 16 --seconds 10
+    python -m controls.bench_server --checkpoint runs/maze/distill/checkpoint --steps adaptive --tau 0.8 \\
+        --sessions 64 --processes --json bench.json                  # a distilled student, adaptive steps
     python -m controls.bench_server --tiny --device cpu --seconds 2      # a smoke run with a random tiny model
+    python -m controls.bench_server --tiny-student --device cpu --steps adaptive --seconds 2
 
 Starts a server on 127.0.0.1 (a subprocess; `--in-process` runs its loop on a thread here),
 then two phases, each after a warm-up:
@@ -9,7 +12,9 @@ then two phases, each after a warm-up:
 2. N sessions, one client thread each (`--processes`: one process each), stepping as fast
    as they can: aggregate frames/s, mean batch size, round trip under load.
 The server's own overhead is its handling time (socket, msgpack, batching, bookkeeping)
-outside the engine, from its `stats`, as a share of engine step time.
+outside the engine, from its `stats`, as a share of engine step time. Steps per frame are
+what the engine reported for each frame (`info["steps"]`): with adaptive steps, the mean
+over the phase. The last lines are a table of both phases; `--json FILE` writes all of it.
 """
 from __future__ import annotations
 
@@ -30,14 +35,22 @@ import numpy as np
 from controls.client import Client, ServerGone
 
 
+class BenchError(Exception):
+    """Something the user can fix (a bad checkpoint or flag, a server that would not start); one line."""
+
+
 def free_endpoint() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """A randomly initialised tiny maze world at 32x32: fast on a CPU, meaningless frames."""
+def tiny_checkpoint(folder: Path, student: bool = False) -> Path:
+    """A randomly initialised tiny maze world at 32x32: fast on a CPU, meaningless frames.
+
+    student: marked as a distilled few-step student (k_max 4), its weights jittered so the
+    random confidence head varies from frame to frame and adaptive steps vary with it.
+    """
     import torch
     from sim.autoencoder import Autoencoder, AutoencoderConfig
     from sim.bundle import save_world
@@ -48,7 +61,13 @@ def tiny_checkpoint(folder: Path) -> Path:
     actions = list(scenes.game_class("maze").ACTIONS)
     model = WorldModel(ModelConfig.from_name("tiny", action_dim=len(actions),
                                              latent_channels=ae.config.latent_channels, latent_h=4, latent_w=4))
-    save_world(folder, {"scene": "maze", "actions": actions, "resolution": [32, 32]}, ae, model)
+    config = {"scene": "maze", "actions": actions, "resolution": [32, 32]}
+    if student:
+        config["sampler"] = {"kind": "few-step", "k_max": 4, "shift": 3.0, "cache_last_step": False}
+        with torch.no_grad():  # zero-initialised output layers would give one confidence for every frame
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    save_world(folder, config, ae, model)
     return folder
 
 
@@ -59,12 +78,11 @@ class ServerUnderTest:
         self.endpoint = free_endpoint()
         self.proc = self.thread = None
         if args.in_process:
-            from controls.server import Host, Server, ServerConfig
+            from controls.server import Host, Server, ServerConfig, configure_steps
             from sim.engine import WorldSim
             config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms)
             engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
-            if args.sampler_steps:
-                engine.sampler_steps = args.sampler_steps
+            self.steps_text = configure_steps(engine, args.steps, args.tau)  # ValueError: the user's to fix
             self.server = Server(Host(engine, config), config)
             self.thread = threading.Thread(target=self.server.serve, daemon=True)
             self.thread.start()
@@ -72,16 +90,41 @@ class ServerUnderTest:
             cmd = [sys.executable, "-m", "controls.server", "--checkpoint", str(checkpoint), "--bind", self.endpoint,
                    "--max-sessions", str(sessions), "--batch-wait-ms", str(args.batch_wait_ms)]
             cmd += ["--device", args.device] if args.device else []
-            cmd += ["--sampler-steps", str(args.sampler_steps)] if args.sampler_steps else []
-            self.proc = subprocess.Popen(cmd)
-        with Client(self.endpoint, timeout_s=args.start_timeout) as c:
-            self.spec = c.spec()
+            cmd += ["--steps", str(args.steps)] if args.steps is not None else []
+            cmd += ["--tau", str(args.tau)] if args.tau is not None else []
+            self.steps_text = None
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            threading.Thread(target=self._echo, daemon=True).start()
+        self.spec = self._wait_for_spec(args.start_timeout)
+
+    def _echo(self) -> None:
+        """The server's output, passed on; its start line says how it spends steps."""
+        for line in self.proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("dsa-sim server: scene"):  # "..., 64 sessions, <steps>, protocol 1"
+                self.steps_text = line.rsplit(", protocol", 1)[0].split(" sessions, ", 1)[-1]
+
+    def _wait_for_spec(self, timeout_s: float) -> dict:
+        """The server's spec once it answers; a subprocess that exits first is reported, not waited for."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"the server exited (status {self.proc.returncode}) before it answered; "
+                                 "its message is above")
+            try:
+                with Client(self.endpoint, timeout_s=min(0.5, max(deadline - time.monotonic(), 0.1))) as c:
+                    return c.spec()
+            except ServerGone:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BenchError(f"the server did not answer within {timeout_s:g} s; "
+                                     "raise --start-timeout if it loads slowly") from None
 
     def stop(self) -> None:
         if self.thread is not None:
             self.server.stop()
             self.thread.join()
-        else:
+        elif self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=60)
 
@@ -90,9 +133,10 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
     """One client, one session: warm up, wait for the others, step flat out for `seconds`.
 
     ready/start: barriers shared with the other clients and the main thread; out: a queue
-    that gets (seed, round trips in s), or (seed, None) when this client failed.
+    that gets (seed, {"round_trips": [s], "steps": {steps: frames}}), or (seed, None) when
+    this client failed.
     """
-    round_trips = None
+    result = None
     try:
         with Client(endpoint, timeout_s=120) as c:
             session, _, _ = c.reset(seed=seed)
@@ -103,20 +147,21 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
                 c.step(rng.integers(0, 2, A), session)
             ready.wait()
             start.wait()  # the main thread reads the server's stats in between
-            times = []
+            times, steps = [], {}
             t_end = time.perf_counter() + seconds
             while time.perf_counter() < t_end:
                 t0 = time.perf_counter()
-                c.step(rng.integers(0, 2, A), session)
+                info = c.step(rng.integers(0, 2, A), session)[4]
                 times.append(time.perf_counter() - t0)
-            round_trips = times
+                steps[info["steps"]] = steps.get(info["steps"], 0) + 1
+            result = {"round_trips": times, "steps": steps}
             c.close_session(session)
     except BaseException:
         ready.abort()  # the others and the main thread stop waiting for this client
         start.abort()
         raise
     finally:
-        out.put((seed, round_trips))
+        out.put((seed, result))
 
 
 def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, processes: bool = False) -> dict:
@@ -142,76 +187,110 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, process
         after = c.stats()
     for w in workers:
         w.join(timeout=30)
-    failed = [seed for seed, rt in results.items() if rt is None]
+    failed = [seed for seed, r in results.items() if r is None]
     if failed:
         raise RuntimeError(f"{len(failed)} of {sessions} clients failed; see the errors above")
     delta = {k: after[k] - before[k] for k in ("frames", "batches", "engine_step_s", "overhead_s", "busy_s")}
-    rt = np.concatenate([np.asarray(v) for v in results.values()]) * 1e3
-    frames = int(sum(len(v) for v in results.values()))
+    rt = np.concatenate([np.asarray(r["round_trips"]) for r in results.values()]) * 1e3
+    frames = len(rt)
+    histogram: dict[int, int] = {}
+    for r in results.values():
+        for k, n in r["steps"].items():
+            histogram[int(k)] = histogram.get(int(k), 0) + n
     return {"sessions": sessions, "seconds": elapsed, "frames": frames, "frames_per_s": frames / elapsed,
             "latency_ms_p50": float(np.percentile(rt, 50)), "latency_ms_p99": float(np.percentile(rt, 99)),
             "mean_batch_size": delta["frames"] / max(delta["batches"], 1),
+            "mean_steps": sum(k * n for k, n in histogram.items()) / max(frames, 1),
+            "steps_histogram": {str(k): histogram[k] for k in sorted(histogram)},
             "engine_ms_per_batch": 1e3 * delta["engine_step_s"] / max(delta["batches"], 1),
             "overhead_ms_per_batch": 1e3 * delta["overhead_s"] / max(delta["batches"], 1),
             "overhead_share": delta["overhead_s"] / max(delta["engine_step_s"], 1e-9),
             "server_busy_share": delta["busy_s"] / elapsed}
 
 
+def table(phases: list[dict]) -> str:
+    """The closing table: one row per phase."""
+    head = (f"{'sessions':>8}  {'frames/s':>9}  {'mean batch':>10}  {'steps/frame':>11}  "
+            f"{'round trip p50 ms':>17}  {'p99 ms':>7}  {'server overhead % of engine':>27}")
+    rows = [f"{r['sessions']:>8d}  {r['frames_per_s']:>9.1f}  {r['mean_batch_size']:>10.1f}  {r['mean_steps']:>11.2f}  "
+            f"{r['latency_ms_p50']:>17.2f}  {r['latency_ms_p99']:>7.2f}  {100 * r['overhead_share']:>27.1f}"
+            for r in phases]
+    return "\n".join([head, *rows])
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from controls.server import steps_arg
     p = argparse.ArgumentParser(prog="python -m controls.bench_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="world checkpoint (default: the shipped maze model, else --tiny)")
     p.add_argument("--tiny", action="store_true", help="a random tiny 32x32 model: measures the server, not the model")
+    p.add_argument("--tiny-student", action="store_true",
+                   help="the same, marked as a distilled few-step student (k_max 4): for --steps adaptive")
     p.add_argument("--device", default=None, help="the server's device (default: CUDA if present)")
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of stepping before each phase is timed")
-    p.add_argument("--sampler-steps", type=int, default=None)
+    p.add_argument("--steps", "--sampler-steps", dest="steps", type=steps_arg, default=None, metavar="N|adaptive",
+                   help="the server's steps per frame: N fixed, or 'adaptive' (distilled students only); "
+                        "default: the checkpoint's own")
+    p.add_argument("--tau", type=float, default=None, help="confidence threshold of adaptive steps, in [0, 1]")
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")
     p.add_argument("--processes", action="store_true", help="one client process per session (default: threads)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
+    if args.tiny and args.tiny_student:
+        p.error("--tiny and --tiny-student are two different models: pick one")
+    if args.sessions < 1 or args.seconds <= 0:
+        p.error("--sessions must be >= 1 and --seconds > 0")
 
     from sim.bundle import shipped_checkpoint
     tmp = None
-    checkpoint = None if args.tiny else (args.checkpoint or shipped_checkpoint("maze"))
+    tiny = args.tiny or args.tiny_student
+    checkpoint = None if tiny else (args.checkpoint or shipped_checkpoint("maze"))
     if checkpoint is None:
         tmp = tempfile.TemporaryDirectory()
-        checkpoint = tiny_checkpoint(Path(tmp.name) / "tiny-maze")
-        print(f"bench_server: no checkpoint given{'' if args.tiny else ' or shipped'}: a random tiny model at 32x32")
-    server = ServerUnderTest(args, Path(checkpoint), args.sessions)
+        kind = "student" if args.tiny_student else "model"
+        checkpoint = tiny_checkpoint(Path(tmp.name) / f"tiny-maze-{kind}", student=args.tiny_student)
+        print(f"bench_server: {'' if tiny else 'no checkpoint given or shipped: '}a random tiny {kind} at 32x32")
     try:
-        one = phase(server.endpoint, 1, args.warmup, args.seconds)
-        many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, args.processes)
-    except ServerGone as e:
-        print(f"bench_server: {e}", file=sys.stderr)
-        raise
+        try:
+            server = ServerUnderTest(args, Path(checkpoint), args.sessions)
+        except (BenchError, ValueError) as e:  # a bad checkpoint or flag, said in one line
+            print(f"bench_server: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        try:
+            one = phase(server.endpoint, 1, args.warmup, args.seconds)
+            many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, args.processes)
+        except ServerGone as e:
+            print(f"bench_server: {e}", file=sys.stderr)
+            raise
+        finally:
+            server.stop()
     finally:
-        server.stop()
         if tmp is not None:
             tmp.cleanup()
     spec = server.spec
+    steps = server.steps_text or f"at most {spec['sampler_steps']} steps per frame"
     result = {"checkpoint": str(checkpoint), "scene": spec["scene"], "frame_shape": spec["frame_shape"],
-              "sampler_steps": spec["sampler_steps"], "device": args.device or "auto",
+              "sampler_steps": spec["sampler_steps"], "steps": args.steps, "tau": args.tau, "steps_text": steps,
+              "device": args.device or "auto",
               "server": "in-process thread" if args.in_process else "subprocess", "batch_wait_ms": args.batch_wait_ms,
               "clients": "processes" if args.processes else "threads",
               "sessions": args.sessions, "frames_per_s": many["frames_per_s"], "frames_per_s_1": one["frames_per_s"],
               "latency_ms_p50": one["latency_ms_p50"], "latency_ms_p99": one["latency_ms_p99"],
               "latency_ms_p50_loaded": many["latency_ms_p50"], "latency_ms_p99_loaded": many["latency_ms_p99"],
-              "mean_batch_size": many["mean_batch_size"], "engine_ms_per_batch": many["engine_ms_per_batch"],
+              "mean_batch_size": many["mean_batch_size"], "mean_steps": many["mean_steps"],
+              "mean_steps_1": one["mean_steps"], "engine_ms_per_batch": many["engine_ms_per_batch"],
               "overhead_ms_per_batch": many["overhead_ms_per_batch"], "overhead_share": many["overhead_share"],
-              "overhead_share_1": one["overhead_share"], "date": time.strftime("%Y-%m-%d")}
+              "overhead_share_1": one["overhead_share"], "phases": [one, many], "date": time.strftime("%Y-%m-%d")}
     H, W, _ = spec["frame_shape"]
-    print(f"dsa-sim server bench: scene {spec['scene']} {H}x{W}, {spec['sampler_steps']} steps/frame, "
-          f"device {result['device']}, server {result['server']}, client {result['clients']}, "
-          f"batch wait {args.batch_wait_ms:g} ms")
-    print(f"  1 session : {one['frames_per_s']:8.1f} frames/s, round trip p50 {one['latency_ms_p50']:.2f} ms, "
-          f"p99 {one['latency_ms_p99']:.2f} ms, server overhead {100 * one['overhead_share']:.1f}% of engine time")
-    print(f"  {args.sessions:2d} sessions: {many['frames_per_s']:8.1f} frames/s, round trip p50 "
-          f"{many['latency_ms_p50']:.2f} ms, p99 {many['latency_ms_p99']:.2f} ms, mean batch "
-          f"{many['mean_batch_size']:.1f}, engine {many['engine_ms_per_batch']:.2f} ms/batch, server overhead "
-          f"{many['overhead_ms_per_batch']:.2f} ms/batch = {100 * many['overhead_share']:.1f}% of engine time")
+    print(f"dsa-sim server bench: scene {spec['scene']} {H}x{W}, {steps}, device {result['device']}, "
+          f"server {result['server']}, clients {result['clients']}, batch wait {args.batch_wait_ms:g} ms, "
+          f"{args.seconds:g} s per phase")
+    print(f"  {args.sessions} sessions: engine {many['engine_ms_per_batch']:.2f} ms/batch, server overhead "
+          f"{many['overhead_ms_per_batch']:.2f} ms/batch, steps per frame {many['steps_histogram']}")
+    print(table([one, many]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -682,6 +682,50 @@ class Server:
 
 
 # ---- command line -----------------------------------------------------------------------------
+def steps_arg(text: str) -> int | str:
+    """--steps: a whole number >= 1 or 'adaptive' (as play.py's)."""
+    if text == "adaptive":
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"--steps takes a whole number >= 1 or 'adaptive', not {text!r}")
+    return steps
+
+
+def configure_steps(engine, steps: int | str | None = None, tau: float | None = None) -> str:
+    """Set how the engine spends denoising steps, once at startup; returns it in words.
+
+    steps: N fixes the count (a teacher's Euler steps, a student's k); 'adaptive' (or a tau
+    alone) lets a distilled student's confidence head end each frame after 1 to k_max steps,
+    at confidence >= tau; None keeps the checkpoint's own. A per-session latency budget
+    (--latency-budget-ms) then also bounds an adaptive student's frames, batch by batch.
+    """
+    from sim.allocator import AllocatorConfig
+    if tau is not None and not 0.0 <= tau <= 1.0:
+        raise ValueError(f"--tau is a confidence threshold in [0, 1], got {tau:g}")
+    if isinstance(steps, int):
+        if tau is not None:
+            raise ValueError("--tau sets adaptive steps, but --steps fixes them: pass --steps adaptive, or drop --tau")
+        engine.sampler_steps = steps  # a student's fixed k above its k_max: ValueError
+    elif steps == "adaptive" or tau is not None:
+        if not engine.few_step:
+            raise ValueError("this checkpoint is a many-step teacher, which has fixed steps only: adaptive steps "
+                             "(--steps adaptive, --tau) need a distilled student (python -m sim.train --stage "
+                             "distill); pass --steps N instead")
+        cfg = engine.allocator.cfg
+        engine.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=cfg.k_max,
+                                             tau=cfg.tau if tau is None else tau))
+    if not engine.few_step:
+        return f"{engine.sampler_steps} steps per frame"
+    cfg = engine.allocator.cfg
+    if cfg.mode == "fixed":
+        return f"{cfg.fixed_steps} steps per frame"
+    return f"adaptive steps ({cfg.k_min} to {cfg.k_max}, confidence >= {cfg.tau:g})"
+
+
 def make_keys(folder: str) -> None:
     """A server and a client certificate pair in `folder`, and an allowed-clients folder with the client's."""
     import shutil
@@ -698,6 +742,7 @@ def make_keys(folder: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.allocator import AllocatorConfig
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="python -m controls.server", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="world checkpoint folder (default: the shipped model of --scene)")
@@ -713,7 +758,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", choices=PROMPT_POLICIES, default=d.policy, help="what the scene does during a prompt")
     p.add_argument("--max-episode-steps", type=int, default=d.max_episode_steps, help="0: never truncate")
     p.add_argument("--latency-budget-ms", type=float, default=None, help="default per-session budget")
-    p.add_argument("--sampler-steps", type=int, default=None, help="fixed denoising steps per frame")
+    p.add_argument("--steps", "--sampler-steps", dest="steps", type=steps_arg, default=None, metavar="N|adaptive",
+                   help="denoising steps per frame: N fixed, or 'adaptive' (a distilled student's confidence head "
+                        "ends each frame after 1 to k_max steps); default: the checkpoint's own (a student: adaptive)")
+    p.add_argument("--tau", type=float, default=None,
+                   help=f"confidence threshold of adaptive steps, in [0, 1] (default {AllocatorConfig.tau:g}); "
+                        "lower: fewer steps per frame")
     p.add_argument("--record", default=None, metavar="DIR", help="write every session as a recording into DIR")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE")
     p.add_argument("--curve-allowed-keys", default=None, metavar="DIR")
@@ -741,8 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_bind(config)
         engine = WorldSim.load(checkpoint, num_sessions=config.max_sessions, device=args.device, verbose=True)
-        if args.sampler_steps:
-            engine.sampler_steps = args.sampler_steps
+        steps = configure_steps(engine, args.steps, args.tau)
         server = Server(Host(engine, config, scene=args.scene, checkpoint=str(checkpoint)), config)
     except (CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"dsa-sim: {e}", file=sys.stderr)
@@ -750,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
     print(f"dsa-sim server: scene {server.host.scene!r} on {server.endpoint}, {config.max_sessions} sessions, "
-          f"protocol {PROTOCOL_VERSION}", flush=True)
+          f"{steps}, protocol {PROTOCOL_VERSION}", flush=True)
     server.serve()
     print("dsa-sim server: stopped, sessions closed", flush=True)
     return 0

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The ZeroMQ server on one GPU (issue 7): one command, under 2 minutes with 15 s phases.
+#   bash .ci/gpu/server.sh [checkpoint] [seconds_per_phase]
+# A distilled student (default runs/maze/distill/checkpoint, the `small` model) served by
+# `python -m controls.server` on 127.0.0.1, measured by `python -m controls.bench_server`:
+#   1 session stepping back to back: round-trip latency per frame p50/p99 (and its frames/s);
+#   64 sessions stepping as fast as they can: aggregate env frames/s (target >= 5,000), mean
+#   batch, mean steps per frame, round trip under load, and the server's own overhead
+#   (socket + msgpack + batching, outside the engine) as a share of engine time (target <= 10%).
+# Steps are adaptive (DSA: the confidence head ends each frame, 1 to k_max steps) at
+# confidence >= TAU (default 0.8); STEPS=N fixes them instead (a teacher has fixed steps only).
+# Each client is its own process (16 cores): 64 client threads would share one interpreter lock
+# and could cap frames/s themselves; CLIENTS=threads measures that way instead.
+# Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
+# DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (torch|triton, read by the engine).
+# Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table).
+source .ci/gpu/setup.sh
+CKPT=${1:-runs/maze/distill/checkpoint}; PHASE_S=${2:-15}
+TAU=${TAU:-0.8}; STEPS=${STEPS:-adaptive}; SESSIONS=${SESSIONS:-64}; WARMUP=${WARMUP:-8}
+DEVICE=${DEVICE:-cuda}; BATCH_WAIT_MS=${BATCH_WAIT_MS:-2}; CLIENTS=${CLIENTS:-processes}
+if [ ! -f "$CKPT/manifest.json" ]; then
+  echo "server.sh: no checkpoint at $CKPT: pass a distilled student's folder (carry it with the command)" >&2
+  exit 2
+fi
+FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds "$PHASE_S" --warmup "$WARMUP"
+       --steps "$STEPS" --batch-wait-ms "$BATCH_WAIT_MS" --start-timeout 120 --json "$OUT/server_bench.json")
+HOW="$STEPS steps"
+if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
+if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
+LOG=$OUT/server_bench.log
+{ echo "server.sh: $CKPT, $HOW, $SESSIONS sessions, client $CLIENTS, $PHASE_S s per phase," \
+       "$(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-torch}"
+  command -v nvidia-smi >/dev/null && nvidia-smi -L || true; } | tee "$LOG"
+# a hard stop well inside the device's 4 minutes; SIGINT lets the bench stop its server
+timeout -k 15 -s INT $((2 * (PHASE_S + WARMUP) + 150)) python3 -m controls.bench_server "${FLAGS[@]}" 2>&1 | tee -a "$LOG"
