@@ -116,3 +116,17 @@ def test_qkv_append_writes_only_the_frames_slots():
         assert written[1, :, 2 * N:3 * N].all(), "every element of the frame's slot is written"
         written[1, :, 2 * N:3 * N] = False
         assert not written.any(), "nothing outside the frame's slot is written"
+
+
+def test_gpu_correctness_check_runs_and_catches_a_wrong_kernel(monkeypatch):
+    """`python -m kernels.bench --check` is what validates the kernels on the GPU: it must run, and fail
+    when a kernel is wrong. Here on small shapes, fp32, in the interpreter."""
+    from kernels import bench  # noqa: PLC0415
+    small = dict(dtype=torch.float32, tol=1e-4, attention_cases=((2, 2, 9, 16, 3, [4, 0, 1]),),
+                 block_cases=((2, 9, 2, 16, 3),))
+    results = bench.check_all(torch.device("cpu"), **small)
+    assert len(results) == 3 + 6 and all(err < 1e-4 for _, err in results)
+    real = fused_linear.linear_gated_residual
+    monkeypatch.setattr(fused_linear, "linear_gated_residual", lambda *a, **k: real(*a, **k) * 1.01)
+    with pytest.raises(AssertionError, match="linear\\+gated residual"):
+        bench.check_all(torch.device("cpu"), **small)
