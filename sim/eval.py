@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import math
 import sys
@@ -277,6 +276,47 @@ def dsa_summary(values: dict[str, np.ndarray], policies: Sequence[str], labels: 
     return out
 
 
+def dsa_verdict(dsa: dict, k_max: int, teacher: str | None = None, horizons: Sequence[int] = (16, 64)) -> dict:
+    """The DSA claims, per policy, from `dsa_summary` (quality = free-rollout PSNR mean):
+
+    equal_steps: each adaptive setting minus fixed k at the same mean steps per frame (the
+        fixed-k curve interpolated linearly between integer k), at each horizon;
+    passes_to_fixed_kmax: the fewest mean steps among adaptive settings at least as good as
+        fixed k_max at every horizon, and k_max / that (how many times fewer denoising passes);
+    student_vs_teacher: fixed k_max minus the teacher, per horizon and next-frame;
+    spearman: confidence against per-frame error for every student setting.
+    """
+    out: dict[str, dict] = {}
+    for policy, rows in dsa.items():
+        fixed = sorted((r["mean_steps_rollout"], r) for lab, r in rows.items() if lab.startswith("fixed"))
+        adaptive = {lab: r for lab, r in rows.items() if lab.startswith("tau")}
+        hs = [h for h in horizons if all(h in r["rollout_psnr_mean"] for _, r in fixed)]
+        if not fixed or not hs:
+            continue
+        ks = np.array([m for m, _ in fixed])
+
+        def fixed_at(m, h):
+            return float(np.interp(m, ks, [r["rollout_psnr_mean"][h] for _, r in fixed]))
+
+        equal = {lab: {"mean_steps": r["mean_steps_rollout"],
+                       **{f"h{h}": r["rollout_psnr_mean"][h] - fixed_at(r["mean_steps_rollout"], h) for h in hs}}
+                 for lab, r in adaptive.items()}
+        top = fixed[-1][1]
+        reaching = [r["mean_steps_rollout"] for r in adaptive.values()
+                    if all(r["rollout_psnr_mean"][h] >= top["rollout_psnr_mean"][h] for h in hs)]
+        best = min(reaching) if reaching else None
+        v = {"horizons": hs, "equal_steps": equal,
+             "passes_to_fixed_kmax": {"mean_steps": best, "fewer_passes_x": (k_max / best) if best else None},
+             "spearman": {lab: r["spearman_confidence_vs_error"] for lab, r in rows.items()
+                          if not lab.startswith("teacher")}}
+        if teacher and teacher in rows:
+            t = rows[teacher]
+            v["student_vs_teacher"] = {"next_frame": top["next_psnr_mean"] - t["next_psnr_mean"],
+                                       **{f"h{h}": top["rollout_psnr_mean"][h] - t["rollout_psnr_mean"][h] for h in hs}}
+        out[policy] = v
+    return out
+
+
 def plot_dsa(path: Path, summary: dict) -> None:
     """Quality against mean steps (fixed k as a line, adaptive thresholds as points) and step histograms."""
     import matplotlib
@@ -292,7 +332,10 @@ def plot_dsa(path: Path, summary: dict) -> None:
                 return r["next_psnr_mean"] if metric == "next" else r["rollout_psnr_mean"].get(16, math.nan)
             fixed = [(r["mean_steps_rollout"], y(r)) for lab, r in rows.items() if lab.startswith("fixed")]
             adapt = [(r["mean_steps_rollout"], y(r), lab) for lab, r in rows.items() if lab.startswith("tau")]
-            ax.plot(*zip(*fixed), style + "-", label=f"fixed k ({metric})")
+            line, = ax.plot(*zip(*fixed), style + "-", label=f"fixed k ({metric})")
+            for lab, r in rows.items():
+                if lab.startswith("teacher"):  # many steps: a level to compare with, not a point on the axis
+                    ax.axhline(y(r), color=line.get_color(), ls=":", label=f"{lab} ({metric})")
             if adapt:
                 ax.plot([a[0] for a in adapt], [a[1] for a in adapt], style, mfc="none", ms=9, label=f"adaptive ({metric})")
                 for a in adapt:
@@ -316,10 +359,12 @@ def plot_dsa(path: Path, summary: dict) -> None:
 def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
              policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None) -> dict:
+             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None) -> dict:
     """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
 
     scene: a scene name, or a `Game` built with len(seeds) envs (see `collect_real`).
+    reference: (label, engine) measured as it is on the same real clips, a setting beside the
+    others (the teacher beside its student, e.g. ("teacher32", teacher engine at 32 steps)).
     Returns the eval.json dict.
     """
     t0 = time.time()
@@ -329,17 +374,20 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     if K < sim.context_frames:
         raise ValueError(f"the model needs {sim.context_frames} context frames, got --context {K}")
     height, width = frame_size(sim)
-    settings = dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps)
+    settings = [(label, sim, configure) for label, configure in
+                (dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps))]
+    if reference is not None:
+        settings.append((reference[0], reference[1], lambda s: None))
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for policy in policies:
         real = collect_real(scene, policy, seeds, K, horizon, height, width, progress)
         results[policy] = {}
-        for label, configure in settings:
-            configure(sim)
-            nxt, roll = eval_next_frame(sim, real, progress), eval_rollout(sim, real, progress)
-            results[policy][label] = {"sampler_steps": getattr(sim, "sampler_steps", None),
+        for label, engine, configure in settings:
+            configure(engine)
+            nxt, roll = eval_next_frame(engine, real, progress), eval_rollout(engine, real, progress)
+            results[policy][label] = {"sampler_steps": getattr(engine, "sampler_steps", None),
                                       "next_frame": summarize_next_frame(nxt),
                                       "rollout": summarize_rollout(roll)}
             for kind, s in (("next_frame", nxt), ("rollout", roll)):
@@ -350,11 +398,13 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
                         [real.frames[0, K - 1 + h] for h in hs], [roll.first_session[h - 1] for h in hs])
     report = {"config": dict(config or {}, seeds=[int(s) for s in seeds], horizon=horizon, context=K,
                              policies=list(policies), steps=list(steps) if steps else None,
-                             resolution=[height, width], settings=[label for label, _ in settings],
+                             resolution=[height, width], settings=[label for label, _, _ in settings],
                              date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
               "results": results, "wall_s": round(time.time() - t0, 1)}
     if dsa_taus is not None:
-        report["dsa"] = dsa_summary(values, policies, [label for label, _ in settings])
+        report["dsa"] = dsa_summary(values, policies, [label for label, _, _ in settings])
+        report["dsa_verdict"] = dsa_verdict(report["dsa"], sim.allocator.cfg.k_max,
+                                            reference[0] if reference is not None else None)
         plot_dsa(out / "dsa.png", report["dsa"])
     (out / "eval.json").write_text(json.dumps(_json_clean(report), indent=2) + "\n")
     np.savez_compressed(out / "eval_values.npz", **values)
@@ -456,17 +506,40 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_dsa(report: dict) -> str:
+    """Mean steps, quality and confidence ranking per setting, then the DSA claims (`dsa_verdict`)."""
+    lines = []
+    for policy, rows in report["dsa"].items():
+        hs = sorted({h for r in rows.values() for h in r["rollout_psnr_mean"]})
+        lines.append(f"{policy}: {'setting':<11}{'steps':>6}{'next':>7}" + "".join(f"{f'h{h}':>7}" for h in hs)
+                     + f"{'spearman':>10}  steps histogram")
+        for label, r in rows.items():
+            sp = r["spearman_confidence_vs_error"]
+            lines.append(f"{'':<{len(policy) + 2}}{label:<11}{r['mean_steps_rollout']:6.2f}{r['next_psnr_mean']:7.2f}"
+                         + "".join(f"{r['rollout_psnr_mean'].get(h, math.nan):7.2f}" for h in hs)
+                         + f"{sp:10.2f}  {r['steps_histogram'][1:]}")
+        v = report.get("dsa_verdict", {}).get(policy)
+        if v:
+            eq = "; ".join(f"{lab} ({e['mean_steps']:.2f} steps) " + " ".join(f"{k} {e[k]:+.2f}" for k in e if k != "mean_steps")
+                           for lab, e in v["equal_steps"].items())
+            lines.append(f"  adaptive minus fixed at equal mean steps (dB): {eq}")
+            pf = v["passes_to_fixed_kmax"]
+            lines.append("  fixed k_max quality reached at " + (f"{pf['mean_steps']:.2f} mean steps: {pf['fewer_passes_x']:.2f}x fewer passes"
+                                                              if pf["mean_steps"] else "no adaptive setting"))
+            if "student_vs_teacher" in v:
+                lines.append("  student at k_max minus teacher (dB): " + " ".join(f"{k} {d:+.2f}" for k, d in v["student_vs_teacher"].items()))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 
 
-def load_world_sim(checkpoint: str, num_sessions: int, device: str | None) -> Any:
+def load_world_sim(checkpoint: str, num_sessions: int, device: str | None, graphs: bool | None = None) -> Any:
     """The real engine, with one session per seed."""
     from sim.engine import WorldSim
 
-    if "num_sessions" in inspect.signature(WorldSim.load).parameters:
-        return WorldSim.load(checkpoint, num_sessions=num_sessions, device=device)
-    return WorldSim.load(checkpoint, device=device)
+    return WorldSim.load(checkpoint, num_sessions=num_sessions, device=device, graphs=graphs)
 
 
 def default_checkpoint(scene: str | None) -> str:
@@ -496,6 +569,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "step histograms, confidence-vs-error rank correlation (dsa.png, eval.json['dsa'])")
     p.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95],
                    help="confidence thresholds measured with --dsa")
+    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="with --dsa: also measure this many-step teacher on the same clips, as setting teacher<N>")
+    p.add_argument("--teacher-steps", type=int, default=32, help="the --teacher's Euler steps per frame")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA graphs for the engine's step (default: on with CUDA)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.horizon < 1:
         p.error("--seeds and --horizon must be >= 1")
@@ -509,9 +587,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     checkpoint = args.checkpoint or default_checkpoint(args.scene)
     seeds = held_out_seeds(args.seeds)
     try:
-        sim = load_world_sim(checkpoint, len(seeds), args.device)
+        sim = load_world_sim(checkpoint, len(seeds), args.device, args.graphs)
+        reference = None
+        if args.teacher:
+            if not args.dsa:
+                sys.exit("error: --teacher is measured beside a student: add --dsa")
+            teacher = load_world_sim(args.teacher, len(seeds), args.device, args.graphs)
+            teacher.sampler_steps = args.teacher_steps
+            reference = (f"teacher{args.teacher_steps}", teacher)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError and says what to do
         sys.exit(f"error: {e}")
+    if args.dsa and not getattr(sim, "few_step", False):
+        sys.exit(f"error: --dsa measures a distilled student; {checkpoint} is a many-step teacher")
     scene = args.scene or sim.scene
     if not scene:
         sys.exit(f"checkpoint {checkpoint} names no scene; pass --scene")
@@ -521,11 +608,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"eval: {checkpoint} (id {ckpt_id}) on {scene}, device {getattr(sim, 'device', args.device)}, "
           f"{len(seeds)} seeds, horizon {args.horizon}")
     report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
-                      steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None,
+                      steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None, reference=reference,
                       config={"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
                               "device": str(getattr(sim, "device", args.device)),
                               "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])})
     print(format_table(report))
+    if "dsa" in report:
+        print(format_dsa(report))
     print(f"wrote {Path(args.out) / 'eval.json'}, rollout.png and strips in {report['wall_s']} s")
     return report
 

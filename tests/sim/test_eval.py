@@ -212,7 +212,7 @@ def test_command_line_on_a_real_scene(tmp_path, monkeypatch):
     import scenes
     name = scenes.names()[0]
 
-    def fake_load(checkpoint, num_sessions, device):
+    def fake_load(checkpoint, num_sessions, device, graphs=None):
         sim = CopySim(num_sessions)
         sim.scene = name
         return sim
@@ -249,3 +249,21 @@ def test_dsa_eval_measures_fixed_k_and_adaptive_thresholds(tiny_student_checkpoi
     assert dsa["tau0"]["mean_steps_rollout"] == 1  # every confidence clears 0: one step
     assert dsa["tau1"]["mean_steps_rollout"] == 4  # none reaches 1: k_max
     assert (tmp_path / "dsa.png").exists()
+
+
+def test_dsa_verdict_interpolates_fixed_k_and_finds_the_cheapest_match():
+    def row(steps, h16, h64, nxt=30.0, sp=-0.6):
+        return {"mean_steps_rollout": steps, "next_psnr_mean": nxt, "rollout_psnr_mean": {16: h16, 64: h64},
+                "spearman_confidence_vs_error": sp}
+    dsa = {"explore": {"fixed1": row(1, 20.0, 15.0), "fixed2": row(2, 21.0, 16.0), "fixed3": row(3, 21.5, 16.5),
+                       "fixed4": row(4, 22.0, 17.0), "tau0.8": row(2.5, 21.5, 16.0), "tau0.9": row(2.0, 22.0, 17.2),
+                       "teacher32": row(32, 22.5, 17.5, nxt=31.0, sp=float("nan"))}}
+    v = ev.dsa_verdict(dsa, k_max=4, teacher="teacher32")["explore"]
+    # fixed at 2.5 steps: h16 21.25, h64 16.25
+    assert v["equal_steps"]["tau0.8"]["h16"] == pytest.approx(0.25)
+    assert v["equal_steps"]["tau0.8"]["h64"] == pytest.approx(-0.25)
+    # only tau0.9 matches fixed4 at both horizons, at 2 steps: 4 / 2 = 2x fewer passes
+    assert v["passes_to_fixed_kmax"] == {"mean_steps": 2.0, "fewer_passes_x": 2.0}
+    assert v["student_vs_teacher"] == {"next_frame": pytest.approx(-1.0), "h16": pytest.approx(-0.5),
+                                       "h64": pytest.approx(-0.5)}
+    assert "teacher32" not in v["spearman"] and v["spearman"]["tau0.9"] == -0.6
