@@ -1,13 +1,59 @@
 #!/usr/bin/env bash
-# DSA distillation from a teacher checkpoint, then the DSA eval, on one GPU.
-#   bash .ci/gpu/distill.sh [teacher_checkpoint] [minutes] [eval_horizon]
-# Figures and a bf16 copy of the student land in $OUT.
+# DSA on one GPU: two students distilled side by side in the background, then the DSA eval.
+#   bash .ci/gpu/distill.sh start [minutes] [teacher]   # returns at once; runs under setsid
+#   bash .ci/gpu/distill.sh poll [seconds]              # waits up to N s, prints progress, collects
+# Student A commits each frame with the separate t = 0 cache pass; student B caches its exit
+# step's K/V instead (--cache-last-step, one pass fewer per frame). Both start from the teacher
+# (default: the shipped maze teacher) and train for the same minutes on the same recipe:
+python_train() {
+  python3 -m sim.train --stage distill --scene maze --preset small --teacher "$TEACHER" --minutes "$MIN" \
+    --batch-size 64 --clip-frames 14 --prompt-frames 4 --k-max 4 --lr 3e-5 --warmup-steps 200 \
+    --workers 6 --log-every 10 --save-every-minutes 4 $TRAIN_FLAGS "$@"
+}
+# Then, for each student: python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
+# policies, fixed k = 1..4 and adaptive taus (A also with the teacher at 32 steps on the same clips).
+# TRAIN_FLAGS and EVAL_FLAGS (default "--seeds 16 --horizon 64") override either (a CPU dry run).
+# Everything lands in runs/dsa/; poll copies into $OUT: results.tar (eval.json, dsa.png,
+# rollout.png, metrics, logs of both) and each student as bf16 in 15 MB parts (ckpt-A.tar.*, ckpt-B.tar.*).
 source .ci/gpu/setup.sh
-TEACHER=${1:-runs/maze-teacher}; MIN=${2:-4}; HORIZON=${3:-16}
-python3 -m sim.train --stage distill --scene maze --preset small --teacher "$TEACHER" --minutes "$MIN" \
-  --batch-size 16 --clip-frames 10 --prompt-frames 4 --k-max 4 --workers 14 --log-every 10 \
-  --out runs/maze 2>&1 | tr '\r' '\n' | grep -v -E '^\s*$' | grep -v '%|' | tee "$OUT/distill.log"
-cp runs/maze/distill/metrics.jsonl "$OUT/distill_metrics.jsonl"
-python3 -m sim.eval --checkpoint runs/maze/distill/checkpoint --dsa --taus 0.5 0.8 0.9 --seeds 8 \
-  --horizon "$HORIZON" --policies explore --out "$OUT/dsa" 2>&1 | tr '\r' '\n' | grep -v -E 'it/s\]|^\s*$' | tail -20
-rm -f "$OUT"/dsa/strip_*tau0.5* "$OUT"/dsa/strip_*fixed1* "$OUT"/dsa/strip_*fixed2* "$OUT"/dsa/strip_*fixed3* "$OUT/dsa/eval_values.npz"
+set +e
+DSA=runs/dsa
+TAUS="0.5 0.6 0.7 0.8 0.85 0.9 0.95"
+case "${1:-start}" in
+start)
+  MIN=${2:-11}; TEACHER=${3:-sim/weights/maze}; EVAL_FLAGS=${EVAL_FLAGS:---seeds 16 --horizon 64}
+  mkdir -p "$DSA"
+  rm -f "$DSA/DONE" "$DSA/TRAINED"
+  setsid bash -c "
+    source .ci/gpu/setup.sh; set +e
+    $(declare -f python_train); MIN=$MIN; TEACHER=$TEACHER; TRAIN_FLAGS='${TRAIN_FLAGS:-}'
+    python_train --out runs/maze-a > $DSA/train-A.log 2>&1 &
+    python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 &
+    wait; touch $DSA/TRAINED
+    python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER --teacher-steps 32 \
+      --taus $TAUS $EVAL_FLAGS --no-graphs --out $DSA/eval-A > $DSA/eval-A.log 2>&1
+    python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS $EVAL_FLAGS \
+      --no-graphs --out $DSA/eval-B > $DSA/eval-B.log 2>&1
+    touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &
+  echo "distill.sh: started two $MIN-minute students from $TEACHER (logs in $DSA)"
+  ;;
+poll)
+  N=${2:-500}
+  for _ in $(seq 1 "$N"); do [ -f "$DSA/DONE" ] && break; sleep 1; done
+  for f in "$DSA"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -E '^\s*$|it/s\]$' | tail -4; done
+  for r in a b; do tail -1 runs/maze-$r/distill/metrics.jsonl 2>/dev/null | cut -c1-400; done
+  if [ -f "$DSA/DONE" ]; then
+    for r in A B; do
+      low=$(echo $r | tr AB ab)
+      cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
+      python3 -c "
+import sys, torch; from sim.bundle import load_world, save_world
+m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
+save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distill/checkpoint "$DSA/student-$r"
+      tar -C "$DSA" -cf - "student-$r" | split -b 15M - "$OUT/ckpt-$r.tar."
+    done
+    (cd "$DSA" && tar -cf "$OUT/results.tar" --exclude='student-*' --exclude='*.npz' --exclude='strip_*' .)
+    ls -la "$OUT"
+  fi
+  ;;
+esac
