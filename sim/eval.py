@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import sys
@@ -147,7 +148,12 @@ def _score(sim: Any, real: RealClips, observe: bool, desc: str, progress: bool) 
     """
     K, H = real.context, real.horizon
     B = real.frames.shape[0]
-    sim.reset(real.frames[:, :K], real.actions[:, :K])
+    if "seeds" in inspect.signature(sim.reset).parameters:
+        # common random numbers: every setting draws the same noise for the same world, so the
+        # differences between settings are theirs, not the noise's
+        sim.reset(real.frames[:, :K], real.actions[:, :K], seeds=real.seeds)
+    else:
+        sim.reset(real.frames[:, :K], real.actions[:, :K])
     if sim.num_sessions != B:
         raise ValueError(f"the engine holds {sim.num_sessions} sessions but {B} seeds are measured; "
                          f"load it with num_sessions={B}")
@@ -510,14 +516,15 @@ def format_dsa(report: dict) -> str:
     """Mean steps, quality and confidence ranking per setting, then the DSA claims (`dsa_verdict`)."""
     lines = []
     for policy, rows in report["dsa"].items():
-        hs = sorted({h for r in rows.values() for h in r["rollout_psnr_mean"]})
+        hs = sorted({int(h) for r in rows.values() for h in r["rollout_psnr_mean"]})  # int keys, or str from JSON
         lines.append(f"{policy}: {'setting':<11}{'steps':>6}{'next':>7}" + "".join(f"{f'h{h}':>7}" for h in hs)
                      + f"{'spearman':>10}  steps histogram")
         for label, r in rows.items():
             sp = r["spearman_confidence_vs_error"]
+            roll = {int(h): v for h, v in r["rollout_psnr_mean"].items()}
             lines.append(f"{'':<{len(policy) + 2}}{label:<11}{r['mean_steps_rollout']:6.2f}{r['next_psnr_mean']:7.2f}"
-                         + "".join(f"{r['rollout_psnr_mean'].get(h, math.nan):7.2f}" for h in hs)
-                         + f"{sp:10.2f}  {r['steps_histogram'][1:]}")
+                         + "".join(f"{roll.get(h, math.nan):7.2f}" for h in hs)
+                         + f"{math.nan if sp is None else sp:10.2f}  {r['steps_histogram'][1:]}")
         v = report.get("dsa_verdict", {}).get(policy)
         if v:
             eq = "; ".join(f"{lab} ({e['mean_steps']:.2f} steps) " + " ".join(f"{k} {e[k]:+.2f}" for k in e if k != "mean_steps")

@@ -267,3 +267,14 @@ def test_dsa_verdict_interpolates_fixed_k_and_finds_the_cheapest_match():
     assert v["student_vs_teacher"] == {"next_frame": pytest.approx(-1.0), "h16": pytest.approx(-0.5),
                                        "h64": pytest.approx(-0.5)}
     assert "teacher32" not in v["spearman"] and v["spearman"]["tau0.9"] == -0.6
+
+
+def test_settings_share_their_noise_so_equal_settings_score_equally(tiny_student_checkpoint, tmp_path):
+    """Common random numbers: tau = 1 never stops early, so it is fixed k_max, draw for draw."""
+    from sim.engine import WorldSim
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=2, device="cpu")
+    report = ev.run_eval(sim, "maze", ev.held_out_seeds(2), horizon=3, policies=["explore"], out=tmp_path,
+                         progress=False, dsa_taus=[1.0])
+    fixed, tau = (report["results"]["explore"][k] for k in ("fixed4", "tau1"))
+    assert fixed["next_frame"]["psnr"] == tau["next_frame"]["psnr"]
+    assert fixed["rollout"]["psnr"] == tau["rollout"]["psnr"]
