@@ -83,6 +83,7 @@ class ServerUnderTest:
             config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms)
             engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
             self.steps_text = configure_steps(engine, args.steps, args.tau)  # ValueError: the user's to fix
+            engine.warmup()
             self.server = Server(Host(engine, config), config)
             self.thread = threading.Thread(target=self.server.serve, daemon=True)
             self.thread.start()

@@ -83,6 +83,16 @@ class WorldSim:
                   f"{self.num_sessions} session(s), scene {self.scene!r}, kernels {ops.backend()}, "
                   f"CUDA graphs {'on' if self.graphs and self.device.type == 'cuda' else 'off'}")
 
+    def warmup(self) -> float:
+        """Capture the CUDA graphs of every batch-size bucket now (Triton autotuning included), so no
+        step of a running session pays for a capture; a server calls this at start. No session's
+        state is touched (captures run on the padding row). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        if self.graphs:
+            self.net.capture_all()
+            self._decode_graphs.capture_all()
+        return time.perf_counter() - t0
+
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, num_sessions: int = 1, device=None, **kwargs) -> "WorldSim":
         model, ae, config = load_world(Path(checkpoint), device="cpu")

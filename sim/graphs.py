@@ -69,7 +69,8 @@ class BucketedGraphs:
             if pad is not None:
                 t.fill_(pad)
             static.append(t)
-        if not self.capture:
+        if not self.capture:  # the CPU twin still warms up on the padding, as a capture does
+            self.fn(*static)
             self._graphs[b] = (None, static, [])
             return
         side = torch.cuda.Stream(self.device)
@@ -102,6 +103,12 @@ class BucketedGraphs:
     def captured(self) -> list[int]:
         return sorted(self._graphs)
 
+    def capture_all(self) -> None:
+        """Capture every bucket now (warm-up and autotuning included), not on first use."""
+        for b in self.buckets:
+            if b not in self._graphs:
+                self._capture(b)
+
 
 class FrameGraphs:
     """`WorldModel.forward_frame` on one cache, replayed from CUDA graphs. Drop-in for the model
@@ -126,6 +133,9 @@ class FrameGraphs:
     def cfg(self):
         return self.model.cfg
 
+    def capture_all(self) -> None:
+        self.graphs.capture_all()
+
     def forward_frame(self, x: torch.Tensor, s: torch.Tensor, actions: torch.Tensor, cache: KVCache,
                       rows: torch.Tensor | None = None, drop_action: torch.Tensor | None = None):
         if cache is not self.cache:
@@ -147,3 +157,6 @@ class DecodeGraphs:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.graphs(z)[0]
+
+    def capture_all(self) -> None:
+        self.graphs.capture_all()

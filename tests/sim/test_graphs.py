@@ -88,3 +88,12 @@ def test_engine_with_graph_buffers_gives_the_same_frames(student, tiny_checkpoin
         assert len({k for st in s0 for k in st}) > 1, "the sessions should exit at different steps here"
     for a, b in zip(f0, f1):
         np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
+
+
+def test_engine_warmup_captures_every_bucket_without_touching_sessions(tiny_student_checkpoint):
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=5, device="cpu", seed=1, graphs=True)
+    sim.reset(*prompt(5, seed=3))
+    before = (sim.cache.k[:, :5].clone(), sim.cache.length.clone())
+    sim.warmup()
+    assert sim.net.graphs.captured == [1, 2, 4, 5] and sim._decode_graphs.graphs.captured == [1, 2, 4, 5]
+    assert torch.equal(sim.cache.k[:, :5], before[0]) and torch.equal(sim.cache.length, before[1])
