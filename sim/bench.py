@@ -129,6 +129,27 @@ def time_fn(fn, warmup: int, reps: int, cuda: bool = True) -> dict:
     return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10], "p90_ms": times[(9 * len(times)) // 10]}
 
 
+def profile_step(st: "Setup", calls: int = 20, top: int = 14) -> list[dict]:
+    """The kernels of one step on the device, by total time over `calls` steps (torch.profiler; the
+    kernels inside graph replays are reported too): name, launches per step, us per step."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    for _ in range(3):
+        st.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            st.step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+        if t > 0 and e.count >= calls:
+            rows.append({"kernel": e.key[:90], "per_step": e.count / calls, "us_per_step": t / calls})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows[:top] + [{"kernel": "(all kernels)", "per_step": sum(r["per_step"] for r in rows),
+                          "us_per_step": sum(r["us_per_step"] for r in rows)}]
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
@@ -240,8 +261,14 @@ def main(argv=None) -> dict:
     p.add_argument("--engine", default=None, metavar="CHECKPOINT", help="also time WorldSim.step for one player")
     p.add_argument("--engine-frames", type=int, default=300)
     p.add_argument("--tau", type=float, default=0.8, help="adaptive threshold for --engine")
+    p.add_argument("--profile", nargs="+", default=[], metavar="MODE:B",
+                   help="also list the kernels of one step of these (mode, batch) pairs, e.g. triton+graphs:1")
     p.add_argument("--json", default=None, metavar="FILE")
     args = p.parse_args(argv)
+    for item in args.profile:
+        mode, _, b = item.partition(":")
+        if mode not in MODES or not b.isdigit():
+            p.error(f"--profile takes MODE:B with MODE one of {MODES}, got {item!r}")
     if not torch.cuda.is_available():
         sys.exit("error: sim.bench times CUDA execution and needs a GPU")
     device, dtype = torch.device("cuda"), torch.bfloat16
@@ -278,6 +305,14 @@ def main(argv=None) -> dict:
             print(json.dumps(row), flush=True)
             if mode == "compile":
                 torch.compiler.reset()
+    report["profiles"] = {}
+    for item in args.profile:
+        mode, _, b = item.partition(":")
+        rows = profile_step(Setup(mode, model, ae, int(b), args.k_max))
+        report["profiles"][item] = rows
+        print(f"profile {item}: kernels of one step, by device time")
+        for r in rows:
+            print(f"  {r['us_per_step']:8.1f} us  x{r['per_step']:5.1f}  {r['kernel']}")
     ops.set_backend("torch")
     if args.engine:
         report["engine"] = engine_latency(args.engine, device, args.engine_frames, args.tau)
