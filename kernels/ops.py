@@ -1,8 +1,10 @@
 """The op API the model calls. Two backends compute the same functions:
 
 - "torch": plain PyTorch (`kernels.reference`), on any device; the definition of each op.
-- "triton": hand-written kernels on CUDA (`kernels.triton_ops`); "auto" picks them for CUDA
-  tensors. The default is "torch" until they have been validated on a GPU.
+- "triton": hand-written kernels on CUDA (`kernels.triton_ops`); "auto" (the default) picks them
+  for CUDA tensors and the torch twins for everything else. They were checked against the torch
+  twins on an H200 (`python -m kernels.bench --check`, `python -m sim.bench --check`, BENCHMARKS.md);
+  DSA_KERNELS=torch in the environment chooses the twins everywhere.
 
 Signatures are built for a fixed-address, graph-capturable step: caches are preallocated
 ring buffers written in place, positions/slots/rows are device tensors, never Python ints.
@@ -17,9 +19,9 @@ import torch
 from kernels import reference
 
 BACKENDS = ("auto", "torch", "triton")
-# "torch" until the Triton kernels have been checked and timed on a GPU (they are tested on
-# the CPU interpreter only so far); DSA_KERNELS=auto or =triton opts in.
-_backend = os.environ.get("DSA_KERNELS", "torch")
+_backend = os.environ.get("DSA_KERNELS", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"DSA_KERNELS={_backend!r} is not a kernel backend; choose one of {BACKENDS}")
 
 
 def set_backend(name: str) -> None:

@@ -18,11 +18,14 @@ One generator update:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from sim.graphs import FrameGraphs
+from sim.kv_cache import KVCache
 from sim.model import WorldModel
 from sim.sampler import shift_levels
 
@@ -40,18 +43,52 @@ class Rollout:
     conf_target: torch.Tensor  # [B, G] closeness of x0_k* to x0_kmax, in (0, 1]
 
 
+class RolloutNet:
+    """The student as it is served, for Self-Forcing rollouts: a copy of its weights in the serving
+    dtype (bf16 on CUDA), run by the serving kernels (kernels.ops on its default backend) with the
+    frame step captured in CUDA graphs (sim.graphs) on a persistent cache. `sync` copies the live
+    weights in before a rollout; the copy keeps its addresses, so the graphs stay valid. The rollout
+    is then what a player would see, at the engine's speed instead of eager PyTorch's.
+
+    rollouts of `batch` sessions: `rollout(rn.net, ..., cache=rn.cache)`.
+    """
+
+    def __init__(self, student: WorldModel, batch: int, dtype: torch.dtype | None = None,
+                 graphs: bool | None = None):
+        device = student.pos_embed.device
+        self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.model = copy.deepcopy(student).to(device, self.dtype).eval().requires_grad_(False)
+        self.cache = self.model.setup_cache(batch + 1, device, self.dtype)  # + the graphs' padding row
+        use_graphs = device.type == "cuda" if graphs is None else graphs
+        self.net = (FrameGraphs(self.model, self.cache, pad_row=batch, capture=device.type == "cuda")
+                    if use_graphs else self.model)
+
+    @torch.no_grad()
+    def sync(self, student: WorldModel) -> None:
+        for dst, src in zip(self.model.parameters(), student.parameters()):
+            dst.copy_(src)
+
+
 @torch.no_grad()
-def rollout(student: WorldModel, z_prompt: torch.Tensor, actions: torch.Tensor, gen_frames: int,
+def rollout(student, z_prompt: torch.Tensor, actions: torch.Tensor, gen_frames: int,
             levels: torch.Tensor, exit_step: torch.Tensor, conf_scale: float,
-            cache_last_step: bool = False) -> Rollout:
-    """z_prompt [B, K, C, h, w] real latents; actions [B, K + G, A]; exit_step int [B] in 1..k_max."""
+            cache_last_step: bool = False, cache: KVCache | None = None) -> Rollout:
+    """z_prompt [B, K, C, h, w] real latents; actions [B, K + G, A]; exit_step int [B] in 1..k_max.
+
+    student: anything with `forward_frame` (a WorldModel, or a RolloutNet's `net` with its `cache`,
+    whose rows 0..B-1 are used and emptied first). Outputs are in the cache's dtype.
+    """
     B, K = z_prompt.shape[:2]
     k_max = levels.numel() - 1
-    cache = student.setup_cache(B, z_prompt.device, z_prompt.dtype)
+    if cache is None:
+        cache = student.setup_cache(B, z_prompt.device, z_prompt.dtype)
+    cache.reset()
+    z_prompt, actions = z_prompt.to(cache.k.dtype), actions.to(cache.k.dtype)
     zero = torch.zeros(B, device=z_prompt.device)
+    rows = torch.arange(B, device=z_prompt.device)  # the cache may hold a padding row beyond them
     for t in range(K):
-        student.forward_frame(z_prompt[:, t], zero, actions[:, t], cache)
-        cache.advance()
+        student.forward_frame(z_prompt[:, t], zero, actions[:, t], cache, rows)
+        cache.advance(rows)
     sel = (exit_step - 1)[:, None, None, None]  # which step each sample commits
     x_in, x0s, targets = [], [], []
     for g in range(gen_frames):
@@ -60,7 +97,7 @@ def rollout(student: WorldModel, z_prompt: torch.Tensor, actions: torch.Tensor, 
         steps_x0, steps_in = [], []
         for k in range(k_max):
             s = levels[k].expand(B)
-            v, _ = student.forward_frame(x, s, a, cache)
+            v, _ = student.forward_frame(x, s, a, cache, rows)
             x0 = x - levels[k] * v
             steps_in.append(x)
             steps_x0.append(x0)
@@ -72,10 +109,10 @@ def rollout(student: WorldModel, z_prompt: torch.Tensor, actions: torch.Tensor, 
         targets.append(torch.exp(-mse / conf_scale))
         # commit the exit frame: its clean K/V (cache pass), or the exit step's own K/V
         if cache_last_step:
-            student.forward_frame(in_exit, levels[exit_step - 1], a, cache)
+            student.forward_frame(in_exit, levels[exit_step - 1], a, cache, rows)
         else:
-            student.forward_frame(x0_exit, zero, a, cache)
-        cache.advance()
+            student.forward_frame(x0_exit, zero, a, cache, rows)
+        cache.advance(rows)
         x_in.append(in_exit)
         x0s.append(x0_exit)
     return Rollout(torch.stack(x_in, 1), levels[exit_step - 1], torch.stack(x0s, 1), torch.stack(targets, 1))

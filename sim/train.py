@@ -36,7 +36,7 @@ from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss,
 from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
 from sim.checkpoint import load_checkpoint, save_checkpoint
 from sim.data import ClipConfig, scene_loader
-from sim.distill import Rollout, clip_inputs, critic_loss, rollout, student_levels, student_losses
+from sim.distill import Rollout, RolloutNet, clip_inputs, critic_loss, rollout, student_levels, student_losses
 from sim.metrics import psnr
 from sim.model import ModelConfig, WorldModel, count_params
 from sim.sampler import shift_levels
@@ -215,6 +215,7 @@ class Trainer:
         if cfg.scene not in scenes.names():
             raise SystemExit(f"unknown scene {cfg.scene!r}; choose one of {scenes.names()}")
         self.cfg = cfg
+        self.rollout_net: RolloutNet | None = None  # distill: the student as served, made at the first rollout
         self.rank, self.world, self.device = setup_distributed()
         torch.manual_seed(cfg.seed + self.rank)
         self.dir = Path(cfg.out) / cfg.stage
@@ -386,10 +387,14 @@ class Trainer:
         B, K = z.shape[0], cfg.prompt_frames
         z_prompt = z[:, :K]
         exit_step = torch.randint(1, cfg.k_max + 1, (B,), device=self.device)
+        # the rollout runs the student as it is served (bf16, Triton kernels, CUDA graphs)
+        if self.rollout_net is None:
+            self.rollout_net = RolloutNet(self.module, B)
+        self.rollout_net.sync(self.module)
+        ro = rollout(self.rollout_net.net, z_prompt, a, z.shape[1] - K, self.levels, exit_step, cfg.conf_scale,
+                     cfg.cache_last_step, cache=self.rollout_net.cache)
+        ro = Rollout(*(t.float() for t in (ro.x_in, ro.s_exit, ro.x0, ro.conf_target)))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            ro = rollout(self.module, z_prompt, a, z.shape[1] - K, self.levels, exit_step, cfg.conf_scale,
-                         cfg.cache_last_step)
-            ro = Rollout(*(t.float() for t in (ro.x_in, ro.s_exit, ro.x0, ro.conf_target)))
             ctx, s_ctx = clip_inputs(z_prompt, ro, cfg.cache_last_step)
             critic_opt = self.extra["critic"][1]
             for _ in range(cfg.critic_steps):

@@ -12,7 +12,7 @@
 # Each client is its own process (16 cores): 64 client threads would share one interpreter lock
 # and could cap frames/s themselves; CLIENTS=threads measures that way instead.
 # Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
-# DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (torch|triton, read by the engine).
+# DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (auto|torch|triton, read by kernels.ops; default auto: Triton on CUDA).
 # Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table).
 source .ci/gpu/setup.sh
 CKPT=${1:-runs/maze/distill/checkpoint}; PHASE_S=${2:-15}
@@ -29,7 +29,7 @@ if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau
 if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
 LOG=$OUT/server_bench.log
 { echo "server.sh: $CKPT, $HOW, $SESSIONS sessions, client $CLIENTS, $PHASE_S s per phase," \
-       "$(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-torch}"
+       "$(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-auto}"
   command -v nvidia-smi >/dev/null && nvidia-smi -L || true; } | tee "$LOG"
 # a hard stop well inside the device's 4 minutes; SIGINT lets the bench stop its server
 timeout -k 15 -s INT $((2 * (PHASE_S + WARMUP) + 150)) python3 -m controls.bench_server "${FLAGS[@]}" 2>&1 | tee -a "$LOG"

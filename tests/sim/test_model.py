@@ -155,7 +155,8 @@ def test_actions_change_the_prediction():
     torch.testing.assert_close(n1, n2)  # a dropped action is the null action, whatever was pressed
 
 
-def test_tiny_overfits_a_short_clip_within_a_minute():
+def test_tiny_overfits_a_short_clip_within_1500_steps():
+    """Bounded by steps, not seconds, so a busy machine cannot fail it (about half a minute on 2 cores)."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("tiny")
     m = WorldModel(cfg)
@@ -172,7 +173,7 @@ def test_tiny_overfits_a_short_clip_within_a_minute():
     with torch.no_grad():
         first = sum(loss_at(10_000 + i).item() for i in range(8)) / 8
     step = 0
-    while time.time() - t0 < 50 and step < 1500:
+    while step < 1500:
         loss = loss_at(step)
         opt.zero_grad()
         loss.backward()

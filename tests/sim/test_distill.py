@@ -1,0 +1,63 @@
+"""Self-Forcing rollouts: through the served copy of the student (RolloutNet) they equal rollouts
+through the model itself, and the teacher-forcing pass that carries the gradient reproduces them."""
+import torch
+
+from sim.distill import RolloutNet, clip_inputs, rollout, student_levels, with_prompt
+
+
+def clip(model, B=3, K=2, G=3, seed=0):
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, K, cfg.latent_channels, cfg.latent_h, cfg.latent_w, generator=g)
+    a = (torch.rand(B, K + G, cfg.action_dim, generator=g) > 0.5).float()
+    return z, a, G
+
+
+def test_rollout_through_the_served_copy_equals_the_model(make_tiny_world):
+    model, _ = make_tiny_world()
+    z, a, G = clip(model)
+    levels = student_levels(4, 3.0)
+    exit_step = torch.tensor([1, 4, 2])
+    torch.manual_seed(5)
+    want = rollout(model, z, a, G, levels, exit_step, conf_scale=0.05)
+    rn = RolloutNet(model, batch=3, graphs=True)  # on the CPU: the graphs' padded buffers, run eagerly
+    for _ in range(2):  # a second rollout on the same cache starts from an empty window again
+        torch.manual_seed(5)
+        got = rollout(rn.net, z, a, G, levels, exit_step, conf_scale=0.05, cache=rn.cache)
+        for g, w in zip((got.x_in, got.x0, got.conf_target), (want.x_in, want.x0, want.conf_target)):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_sync_brings_the_live_weights(make_tiny_world):
+    model, _ = make_tiny_world()
+    z, a, G = clip(model)
+    levels, exit_step = student_levels(2, 3.0), torch.tensor([2, 2, 1])
+    rn = RolloutNet(model, batch=3)
+    with torch.no_grad():
+        model.out.bias.add_(0.5)  # an optimizer step
+    torch.manual_seed(1)
+    stale = rollout(rn.net, z, a, G, levels, exit_step, 0.05, cache=rn.cache)
+    rn.sync(model)
+    torch.manual_seed(1)
+    fresh = rollout(rn.net, z, a, G, levels, exit_step, 0.05, cache=rn.cache)
+    torch.manual_seed(1)
+    want = rollout(model, z, a, G, levels, exit_step, 0.05)
+    torch.testing.assert_close(fresh.x0, want.x0, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(stale.x0, want.x0, atol=1e-3)
+
+
+def test_teacher_forcing_pass_reproduces_the_rollouts_exit_step(make_tiny_world):
+    """The gradient pass: one forward over [prompt | generated] gives each frame's exit-step x0."""
+    model, _ = make_tiny_world()
+    z, a, G = clip(model)
+    K = z.shape[1]
+    levels, exit_step = student_levels(4, 3.0), torch.tensor([3, 1, 4])
+    for cache_last_step in (False, True):
+        torch.manual_seed(2)
+        ro = rollout(model, z, a, G, levels, exit_step, 0.05, cache_last_step=cache_last_step)
+        ctx, s_ctx = clip_inputs(z, ro, cache_last_step)
+        x, s = with_prompt(z, ro.x_in, ro.s_exit[:, None].expand(3, G))
+        with torch.no_grad():
+            v = model(x, s, a, ctx, s_ctx)[:, K:]
+        x0 = ro.x_in - ro.s_exit[:, None, None, None, None] * v
+        torch.testing.assert_close(x0, ro.x0, atol=1e-4, rtol=1e-4)
