@@ -36,20 +36,9 @@ examples:
 """
 
 
-def steps_arg(text: str) -> int | str:
-    if text == "adaptive":
-        return text
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = 0
-    if steps < 1:
-        raise argparse.ArgumentTypeError(f"--steps takes a whole number >= 1 or 'adaptive', not {text!r}")
-    return steps
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     import scenes
+    from controls.session import steps_arg
 
     p = argparse.ArgumentParser(prog="python play.py", description="Play a dsa-sim world model with keyboard or gamepad.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -38,6 +38,7 @@ import scenes
 from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, NO_SESSION, NO_SNAPSHOT,
                                PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
                                decode_action, encode_frame, pack, request_id, unpack_request)
+from controls.session import steps_arg  # the --steps flag, shared with play.py
 
 TICK_RATE_HZ = 20.0
 LIVE_WINDOW_S = 0.25    # a session that asked for a step this recently is expected in the next batch
@@ -682,19 +683,6 @@ class Server:
 
 
 # ---- command line -----------------------------------------------------------------------------
-def steps_arg(text: str) -> int | str:
-    """--steps: a whole number >= 1 or 'adaptive' (as play.py's)."""
-    if text == "adaptive":
-        return text
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = 0
-    if steps < 1:
-        raise argparse.ArgumentTypeError(f"--steps takes a whole number >= 1 or 'adaptive', not {text!r}")
-    return steps
-
-
 def configure_steps(engine, steps: int | str | None = None, tau: float | None = None) -> str:
     """Set how the engine spends denoising steps, once at startup; returns it in words.
 

@@ -14,6 +14,7 @@ lives in `controls.generator`.
 """
 from __future__ import annotations
 
+import argparse
 from collections import deque
 
 import numpy as np
@@ -30,6 +31,19 @@ def noise_seed_for(world_seed: int, prompt_index: int) -> int:
     """The engine's noise seed for the n-th prompt of a session: fixed by (world, n), so a re-run matches."""
     return int(np.random.SeedSequence([int(world_seed), int(prompt_index)]).generate_state(1)[0])
 
+
+
+def steps_arg(text: str) -> int | str:
+    """The --steps flag of play.py and the server: a whole number >= 1, or 'adaptive'."""
+    if text == "adaptive":
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"--steps takes a whole number >= 1 or 'adaptive', not {text!r}")
+    return steps
 
 class PlaySession:
     """The engine's session 0 and a one-world scene of the same resolution.

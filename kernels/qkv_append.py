@@ -30,7 +30,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_K": k}, num_warps=w, num_stages=s) for m, k, w, s in space]
 
 
-@triton.autotune(configs=_configs(), key=["M", "D", "HD"])
+@triton.autotune(configs=_configs(), key=["M", "D", "HD"], use_cuda_graph=not _INTERPRET)
 @triton.jit
 def _ln_qkv_append_kernel(
     X,  # [M, D] one frame of B sessions (M = B*N), row-contiguous
