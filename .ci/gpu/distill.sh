@@ -31,9 +31,9 @@ start)
     python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 &
     wait; touch $DSA/TRAINED
     python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER --teacher-steps 32 \
-      --taus $TAUS $EVAL_FLAGS --no-graphs --out $DSA/eval-A > $DSA/eval-A.log 2>&1
+      --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1
     python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS $EVAL_FLAGS \
-      --no-graphs --out $DSA/eval-B > $DSA/eval-B.log 2>&1
+      --out $DSA/eval-B > $DSA/eval-B.log 2>&1
     touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &
   echo "distill.sh: started two $MIN-minute students from $TEACHER (logs in $DSA)"
   ;;
