@@ -30,7 +30,7 @@ import triton.language as tl
 
 from kernels import reference as _reference
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # kernels run on the CPU: one config each
 
 
 def _configs(space: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
@@ -38,10 +38,9 @@ def _configs(space: list[tuple[int, int, int, int, int]]) -> list[triton.Config]
 
     The configs are timed inside CUDA graphs (`use_cuda_graph`): at a few sessions these kernels
     take a few microseconds, less than a launch from Python, so timing them one launch at a time
-    measures the launch more than the kernel (on the H200, 2026-12-01, the same step took 0.42 ms
-    in one run and 0.75 ms in the next); inside a graph, as the engine runs them, the device
-    time decides."""
-    if _INTERPRET:
+    measures the launch more than the kernel; inside a graph, as the engine runs them, the
+    device time decides (BENCHMARKS.md, H200 section)."""
+    if INTERPRET:
         space = [(16, 16, 16, 1, 1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
             for m, n, k, w, s in space]
@@ -97,7 +96,7 @@ def gelu_tanh(x):
 
 
 # ---- modulated LayerNorm -> linear (-> GELU) ------------------------------------------------------
-@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "O", "D"], use_cuda_graph=not _INTERPRET)
+@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "O", "D"], use_cuda_graph=not INTERPRET)
 @triton.jit
 def _ln_linear_kernel(
     X,  # [M, D] activations (M = B * F*N rows), row-contiguous
@@ -120,7 +119,7 @@ def _ln_linear_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows x width can pass 2**31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < O
@@ -177,7 +176,7 @@ def modulated_ln_linear(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tenso
 
 
 # ---- linear -> gated residual ---------------------------------------------------------------------
-@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "D", "K"], use_cuda_graph=not _INTERPRET)
+@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "D", "K"], use_cuda_graph=not INTERPRET)
 @triton.jit
 def _linear_residual_kernel(
     X,  # [M, D] residual stream, row-contiguous
@@ -197,7 +196,7 @@ def _linear_residual_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows x width can pass 2**31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < D

@@ -2,9 +2,8 @@
 
 - "torch": plain PyTorch (`kernels.reference`), on any device; the definition of each op.
 - "triton": hand-written kernels on CUDA (`kernels.triton_ops`); "auto" (the default) picks them
-  for CUDA tensors and the torch twins for everything else. They were checked against the torch
-  twins on an H200 (`python -m kernels.bench --check`, `python -m sim.bench --check`, BENCHMARKS.md);
-  DSA_KERNELS=torch in the environment chooses the twins everywhere.
+  for CUDA tensors and the torch twins for everything else; DSA_KERNELS=torch in the environment
+  chooses the twins everywhere. `python -m kernels.bench --check` holds them together on a GPU.
 
 Signatures are built for a fixed-address, graph-capturable step: caches are preallocated
 ring buffers written in place, positions/slots/rows are device tensors, never Python ints.

@@ -20,17 +20,17 @@ import triton
 import triton.language as tl
 
 from kernels import reference as _reference
-from kernels.fused_linear import _INTERPRET, ln_stats, ln_tile
+from kernels.fused_linear import INTERPRET, ln_stats, ln_tile
 
 
 def _configs() -> list[triton.Config]:
     space = [(16, 64, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3)]
-    if _INTERPRET:
+    if INTERPRET:
         space = [(16, 16, 1, 1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_K": k}, num_warps=w, num_stages=s) for m, k, w, s in space]
 
 
-@triton.autotune(configs=_configs(), key=["M", "D", "HD"], use_cuda_graph=not _INTERPRET)
+@triton.autotune(configs=_configs(), key=["M", "D", "HD"], use_cuda_graph=not INTERPRET)
 @triton.jit
 def _ln_qkv_append_kernel(
     X,  # [M, D] one frame of B sessions (M = B*N), row-contiguous
@@ -67,7 +67,7 @@ def _ln_qkv_append_kernel(
     pid_h = tl.program_id(1)  # which * nh + head, which: 0 q, 1 k, 2 v
     which = pid_h // nh
     h = pid_h % nh
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows x width can pass 2**31
     m_mask = offs_m < M
     b = offs_m // N  # session (query row) of each token row
     t = offs_m % N  # token within the frame
@@ -111,12 +111,12 @@ def _ln_qkv_append_kernel(
         r = tl.rsqrt((tl.sum(y1 * y1, 1) + tl.sum(y2 * y2, 1)) / HD + eps)
         n1 = (y1 * r[:, None] * nw1[None, :]).to(dtype).to(tl.float32)
         n2 = (y2 * r[:, None] * nw2[None, :]).to(dtype).to(tl.float32)
-        c = tl.load(Cos + (b.to(tl.int64) * stride_cb + t * stride_cn)[:, None] + i[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(Sin + (b.to(tl.int64) * stride_sb + t * stride_sn)[:, None] + i[None, :], mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(Cos + (b * stride_cb + t * stride_cn)[:, None] + i[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(Sin + (b * stride_sb + t * stride_sn)[:, None] + i[None, :], mask=mask, other=0.0).to(tl.float32)
         o1 = (n1 * c - n2 * s).to(dtype)
         o2 = (n1 * s + n2 * c).to(dtype)
         if which == 0:
-            q_ptrs = QOut + (((b.to(tl.int64) * nh + h) * N + t) * HD)[:, None] + i[None, :]
+            q_ptrs = QOut + (((b * nh + h) * N + t) * HD)[:, None] + i[None, :]
             tl.store(q_ptrs, o1, mask=mask)
             tl.store(q_ptrs + HALF, o2, mask=mask)
         else:

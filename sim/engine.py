@@ -46,8 +46,8 @@ class WorldSim:
         self.device = pick_device(str(device) if device is not None else None)
         # bf16 on CUDA; fp32 on the CPU, where bf16 matmuls are several times slower
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.model = model.to(self.device, self.dtype).eval()
-        self.ae = ae.to(self.device, self.dtype).eval()
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.ae = ae.to(self.device, self.dtype).eval().requires_grad_(False)
         self.config = config or {}
         self.num_sessions = int(num_sessions)
         self.sampler = sampler or SamplerConfig()
@@ -174,10 +174,12 @@ class WorldSim:
     def decode(self, z: torch.Tensor) -> np.ndarray:
         """latents [B, C, h, w] -> uint8 frames [B, H, W, 3] on the host (the copy synchronises)."""
         frames = self._decode_graphs(z) if self.graphs else self._decode_tensor(z)
-        return frames.cpu().numpy()
+        return frames.to("cpu", copy=True).numpy()  # a copy even on the CPU: graph outputs are reused buffers
 
-    def _noise(self, rows: torch.Tensor) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.latent_shape, generator=self._generators[int(r)]) for r in rows.tolist()])
+    def _noise(self, rows: torch.Tensor, draws: int | None = None) -> torch.Tensor:
+        """Gaussian latents from each session's own stream: [B, C, h, w], or [B, draws, C, h, w]."""
+        shape = self.latent_shape if draws is None else (draws, *self.latent_shape)
+        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)]) for r in rows.tolist()])
         return z.to(self.device, self.dtype)
 
     # ---- sessions ----------------------------------------------------------------------------
@@ -237,7 +239,11 @@ class WorldSim:
         B = rows.numel()
         alloc.begin_frame()
         t0 = time.perf_counter()
-        x = self._noise(rows)
+        # every frame takes k_max draws from each session's stream, whatever it spends: a session's
+        # noise then depends on its seed and frame number only, not on how many steps earlier
+        # frames took (so settings compared on the same seeds see the same noise)
+        noise = self._noise(rows, alloc.cfg.k_max)  # (B, k_max, C, h, w)
+        x = noise[:, 0].clone()
         x0 = torch.empty_like(x)
         steps = np.zeros(B, dtype=np.int64)
         traces: list[list[float]] = [[] for _ in range(B)]
@@ -259,7 +265,7 @@ class WorldSim:
             if not len(active):
                 break
             idx = torch.as_tensor(active, device=self.device)
-            x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * self._noise(rows[idx])
+            x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * noise[idx, k]
         t_finish = time.perf_counter()
         if observe is not None:
             commit_frame(self.net, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)

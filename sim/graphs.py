@@ -18,7 +18,9 @@ launches them all at once. What a graph needs, and this module provides:
     v, conf = graphs.forward_frame(x, s, actions, cache, rows)   # model.forward_frame's signature
 
 Outputs are views into the bucket's static buffers: valid until that bucket is replayed
-again. Each bucket has its own memory pool, so replaying one never overwrites another's.
+again (a caller that runs the same bucket twice before using the first result, as guidance
+does, clones it). Each bucket has its own memory pool, so replaying one never overwrites
+another's.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class BucketedGraphs:
                 return b
         raise ValueError(f"batch of {n} exceeds the largest graph bucket {self.buckets[-1]}")
 
+    @torch.no_grad()  # a capture with autograd on would record the kernels' differentiable twins
     def _capture(self, b: int) -> None:
         static = []
         for shape, dtype, pad in self.specs:
@@ -80,7 +83,9 @@ class BucketedGraphs:
                 self.fn(*static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # a pool of its own: outputs live until this bucket replays
+        # a pool of its own: outputs live until this bucket replays; thread-local, so CUDA calls of
+        # other threads (a DataLoader's pin-memory thread) cannot break the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = list(self.fn(*static))
         self._graphs[b] = (graph, static, outputs)
 
@@ -94,9 +99,14 @@ class BucketedGraphs:
             dst[:n].copy_(src)
             if n < b and pad is not None:
                 dst[n:].fill_(pad)
-        if graph is None:
-            return [o[:n] for o in self.fn(*static)]
-        graph.replay()
+        if graph is None:  # the CPU twin: fn run eagerly, its results kept in the bucket's buffers as a replay's are
+            fresh = self.fn(*static)
+            if not outputs:
+                outputs.extend(o.clone() for o in fresh)
+            for dst, src in zip(outputs, fresh):
+                dst.copy_(src)
+        else:
+            graph.replay()
         return [o[:n] for o in outputs]
 
     @property

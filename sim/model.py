@@ -165,7 +165,6 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
-
 class Block(nn.Module):
     """adaLN-zero transformer block: modulated LN -> attention -> gated residual, same for MLP."""
 
@@ -189,13 +188,13 @@ class Block(nn.Module):
         six (B, 1, D) modulations; cos/sin [B, N, hd/2]; caches of this layer. Four fused ops
         around the attention (see kernels.fused_linear, kernels.qkv_append)."""
         sa, ca, ga, sm, cm, gm = mod
-        a = self.attn
-        q = ops.modulated_ln_qkv_append(x, sa, ca, a.qkv.weight, a.qkv.bias, a.q_norm, a.k_norm, cos, sin,
-                                        k_cache, v_cache, rows, slot, a.n_heads)  # (B, nh, N, hd)
-        o = ops.frame_attention(q, k_cache, v_cache, rows, start, count)  # (B, N, D)
-        x = ops.linear_gated_residual(x, o, a.proj.weight, a.proj.bias, ga)
-        h = ops.modulated_ln_linear(x, sm, cm, self.mlp[0].weight, self.mlp[0].bias, gelu=True)  # (B, N, 4D)
-        return ops.linear_gated_residual(x, h, self.mlp[2].weight, self.mlp[2].bias, gm)
+        attn = self.attn
+        q = ops.modulated_ln_qkv_append(x, sa, ca, attn.qkv.weight, attn.qkv.bias, attn.q_norm, attn.k_norm, cos, sin,
+                                        k_cache, v_cache, rows, slot, attn.n_heads)  # (B, nh, N, hd)
+        attn_out = ops.frame_attention(q, k_cache, v_cache, rows, start, count)  # (B, N, D)
+        x = ops.linear_gated_residual(x, attn_out, attn.proj.weight, attn.proj.bias, ga)
+        hidden = ops.modulated_ln_linear(x, sm, cm, self.mlp[0].weight, self.mlp[0].bias, gelu=True)  # (B, N, 4D)
+        return ops.linear_gated_residual(x, hidden, self.mlp[2].weight, self.mlp[2].bias, gm)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -329,7 +328,10 @@ class WorldModel(nn.Module):
     def frame_modulation(self, c: torch.Tensor) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
         """Every block's adaLN projection and the head's, as one matmul: c [B, F, D] ->
         ([six (B, F, D) per block], [shift, scale]). The same values as each block's own `ada(c)`;
-        one launch instead of n_layers + 1 at the frame step, where launches are the cost."""
+        one matmul instead of n_layers + 1 at the frame step, where launches are the cost. The
+        weights are concatenated on every call (two copies, 8 MB for `small`): that keeps the
+        matmul reading the live parameters, which training updates in place and CUDA graphs
+        replay by address."""
         linears = [blk.ada for blk in self.blocks] + [self.final_ada]
         weight = torch.cat([m.weight for m in linears])  # (n_layers*6D + 2D, D)
         bias = torch.cat([m.bias for m in linears])

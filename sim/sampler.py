@@ -38,6 +38,7 @@ def predict_velocity(model: WorldModel, x: torch.Tensor, s: torch.Tensor, action
     """v and confidence at one level; with guidance, v_uncond + g * (v_cond - v_uncond)."""
     v, conf = model.forward_frame(x, s, actions, cache, rows)
     if guidance != 1.0:
+        v, conf = v.clone(), conf.clone()  # a graph replay's outputs are overwritten by the next replay
         drop = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         v_u, _ = model.forward_frame(x, s, actions, cache, rows, drop_action=drop)
         v = v_u + guidance * (v - v_u)

@@ -293,7 +293,9 @@ class Trainer:
         data_cfg = ClipConfig(scene=cfg.scene, clip_frames=clip_frames, batch_size=cfg.batch_size,
                               width=cfg.width, height=cfg.height, seed=cfg.seed + 1000 * self.step)
         self.loader = iter(scene_loader(data_cfg, num_workers=cfg.workers, rank=self.rank, world_size=self.world,
-                                        pin_memory=self.device.type == "cuda"))
+                                        # distill captures CUDA graphs (its rollouts, Triton's autotuning)
+                                        # mid-run: no pin-memory thread making CUDA calls beside them
+                                        pin_memory=self.device.type == "cuda" and cfg.stage != "distill"))
         if self.main:
             n = count_params(self.module)
             devices = f"{self.device}" + (f" x{self.world}" if self.world > 1 else "")
@@ -534,8 +536,10 @@ def export_stage(argv: list[str]) -> None:
 def main(argv=None) -> None:
     import sys  # noqa: PLC0415
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "export" in argv and argv[argv.index("export") - 1] == "--stage" or "--stage=export" in argv:
-        export_stage([a.replace("--stage=export", "--stage") for a in argv])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stage", default=None)
+    if pre.parse_known_args(argv)[0].stage == "export":
+        export_stage(argv)
         return
     Trainer(parse_args(argv)).run()
     if dist.is_initialized():

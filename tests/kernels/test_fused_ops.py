@@ -125,7 +125,7 @@ def test_gpu_correctness_check_runs_and_catches_a_wrong_kernel(monkeypatch):
     small = dict(dtype=torch.float32, tol=1e-4, attention_cases=((2, 2, 9, 16, 3, [4, 0, 1]),),
                  block_cases=((2, 9, 2, 16, 3),))
     results = bench.check_all(torch.device("cpu"), **small)
-    assert len(results) == 3 + 6 and all(err < 1e-4 for _, err in results)
+    assert len(results) == 1 + 3 + 6 and all(err < 1e-4 for _, err in results)
     real = fused_linear.linear_gated_residual
     monkeypatch.setattr(fused_linear, "linear_gated_residual", lambda *a, **k: real(*a, **k) * 1.01)
     with pytest.raises(AssertionError, match="linear\\+gated residual"):

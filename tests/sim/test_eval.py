@@ -263,7 +263,7 @@ def test_dsa_verdict_interpolates_fixed_k_and_finds_the_cheapest_match():
     assert v["equal_steps"]["tau0.8"]["h16"] == pytest.approx(0.25)
     assert v["equal_steps"]["tau0.8"]["h64"] == pytest.approx(-0.25)
     # only tau0.9 matches fixed4 at both horizons, at 2 steps: 4 / 2 = 2x fewer passes
-    assert v["passes_to_fixed_kmax"] == {"mean_steps": 2.0, "fewer_passes_x": 2.0}
+    assert v["passes_to_fixed_kmax"] == {"mean_steps": 2.0, "fewer_passes_x": 2.0, "fewer_forward_passes_x": 5 / 3}
     assert v["student_vs_teacher"] == {"next_frame": pytest.approx(-1.0), "h16": pytest.approx(-0.5),
                                        "h64": pytest.approx(-0.5)}
     assert "teacher32" not in v["spearman"] and v["spearman"]["tau0.9"] == -0.6
