@@ -691,7 +691,6 @@ def configure_steps(engine, steps: int | str | None = None, tau: float | None = 
     at confidence >= tau; None keeps the checkpoint's own. A per-session latency budget
     (--latency-budget-ms) then also bounds an adaptive student's frames, batch by batch.
     """
-    from sim.allocator import AllocatorConfig
     if tau is not None and not 0.0 <= tau <= 1.0:
         raise ValueError(f"--tau is a confidence threshold in [0, 1], got {tau:g}")
     if isinstance(steps, int):
@@ -703,9 +702,7 @@ def configure_steps(engine, steps: int | str | None = None, tau: float | None = 
             raise ValueError("this checkpoint is a many-step teacher, which has fixed steps only: adaptive steps "
                              "(--steps adaptive, --tau) need a distilled student (python -m sim.train --stage "
                              "distill); pass --steps N instead")
-        cfg = engine.allocator.cfg
-        engine.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=cfg.k_max,
-                                             tau=cfg.tau if tau is None else tau))
+        engine.use_adaptive_steps(tau)
     if not engine.few_step:
         return f"{engine.sampler_steps} steps per frame"
     cfg = engine.allocator.cfg
@@ -782,8 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = configure_steps(engine, args.steps, args.tau)
         warm_s = engine.warmup()  # every batch-size bucket captured before the first client
         if warm_s > 0.5:
-            print(f"dsa-sim server: CUDA graphs of {len(engine.net.graphs.buckets)} batch sizes captured in {warm_s:.1f} s",
-                  flush=True)
+            print(f"dsa-sim server: CUDA graphs of every batch size captured in {warm_s:.1f} s", flush=True)
         server = Server(Host(engine, config, scene=args.scene, checkpoint=str(checkpoint)), config)
     except (CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"dsa-sim: {e}", file=sys.stderr)

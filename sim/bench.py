@@ -185,7 +185,6 @@ def check(model, ae, device, batches=(1, 5, 32)) -> list[tuple[str, float]]:
 @torch.no_grad()
 def check_engine(checkpoint: str, device, frames: int = 6) -> list[tuple[str, float]]:
     """Engine frames with graphs (sessions leaving at different steps) == without, and == alone."""
-    from sim.allocator import AllocatorConfig  # noqa: PLC0415
     from sim.engine import WorldSim  # noqa: PLC0415
     out = []
     seed = int(time.time())  # fresh inputs per run, the same with and without graphs
@@ -196,7 +195,7 @@ def check_engine(checkpoint: str, device, frames: int = 6) -> list[tuple[str, fl
             sim = WorldSim.load(checkpoint, num_sessions=3, device=device, seed=7, graphs=graphs)
             if not sim.few_step:
                 return out
-            sim.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=sim.allocator.cfg.k_max, tau=0.6))
+            sim.use_adaptive_steps(tau=0.6)
             r = np.random.default_rng(seed)
             K = sim.context_frames
             sim.reset(r.integers(0, 256, (3, K, *sim.frame_shape), dtype=np.uint8),
@@ -215,12 +214,11 @@ def check_engine(checkpoint: str, device, frames: int = 6) -> list[tuple[str, fl
 def engine_latency(checkpoint: str, device, frames: int, tau: float) -> dict:
     """One player, adaptive steps, through WorldSim.step as play.py drives it: latency per frame."""
     import scenes  # noqa: PLC0415
-    from sim.allocator import AllocatorConfig  # noqa: PLC0415
     from sim.engine import WorldSim  # noqa: PLC0415
     ops.set_backend("auto")
     sim = WorldSim.load(checkpoint, num_sessions=1, device=device, seed=0)
     if sim.few_step:
-        sim.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=sim.allocator.cfg.k_max, tau=tau))
+        sim.use_adaptive_steps(tau)
     game = scenes.make_batch(sim.scene or "maze", 1, width=sim.frame_shape[1], height=sim.frame_shape[0])
     game.reset(np.array([10 ** 9]))
     policy = scenes.make_policy(game, "explore", seed=0)

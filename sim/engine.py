@@ -57,8 +57,8 @@ class WorldSim:
         self.latent_shape = (cfg.latent_channels, cfg.latent_h, cfg.latent_w)
         # CUDA graphs per batch-size bucket on CUDA (graphs=True on the CPU runs their padded
         # buffers eagerly, for tests); `self.net` is what the samplers call forward_frame on
-        self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
-        if self.graphs:
+        self.use_graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        if self.use_graphs:
             capture = self.device.type == "cuda"
             self.net = FrameGraphs(self.model, self.cache, pad_row=self.num_sessions, capture=capture)
             self._decode_graphs = DecodeGraphs(self._decode_tensor, self.latent_shape, self.dtype,
@@ -81,14 +81,14 @@ class WorldSim:
             from kernels import ops  # noqa: PLC0415 (only to report it)
             print(f"dsa-sim engine: {self.device} {str(self.dtype).replace('torch.', '')}, "
                   f"{self.num_sessions} session(s), scene {self.scene!r}, kernels {ops.backend()}, "
-                  f"CUDA graphs {'on' if self.graphs and self.device.type == 'cuda' else 'off'}")
+                  f"CUDA graphs {'on' if self.use_graphs and self.device.type == 'cuda' else 'off'}")
 
     def warmup(self) -> float:
         """Capture the CUDA graphs of every batch-size bucket now (Triton autotuning included), so no
         step of a running session pays for a capture; a server calls this at start. No session's
         state is touched (captures run on the padding row). Returns the seconds it took."""
         t0 = time.perf_counter()
-        if self.graphs:
+        if self.use_graphs:
             self.net.capture_all()
             self._decode_graphs.capture_all()
         return time.perf_counter() - t0
@@ -133,6 +133,14 @@ class WorldSim:
         else:
             self.sampler.steps = int(steps)
 
+    def use_adaptive_steps(self, tau: float | None = None) -> None:
+        """A student's confidence head ends each frame after 1 to k_max steps, at confidence >= tau
+        (default: the allocator's current tau)."""
+        if not self.few_step:
+            raise ValueError("this checkpoint is a many-step teacher: adaptive steps need a distilled student")
+        cfg = self.allocator.cfg
+        self.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=cfg.k_max, tau=cfg.tau if tau is None else tau))
+
     def set_allocator(self, cfg: AllocatorConfig) -> None:
         """Change how a student spends steps (fixed / adaptive / budget); keeps the measured costs."""
         if not self.few_step:
@@ -173,7 +181,7 @@ class WorldSim:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
         """latents [B, C, h, w] -> uint8 frames [B, H, W, 3] on the host (the copy synchronises)."""
-        frames = self._decode_graphs(z) if self.graphs else self._decode_tensor(z)
+        frames = self._decode_graphs(z) if self.use_graphs else self._decode_tensor(z)
         return frames.to("cpu", copy=True).numpy()  # a copy even on the CPU: graph outputs are reused buffers
 
     def _noise(self, rows: torch.Tensor, draws: int | None = None) -> torch.Tensor:

@@ -233,7 +233,7 @@ def dsa_settings(sim: Any, taus: Sequence[float]) -> list[tuple[str, Callable[[A
         return lambda s: s.set_allocator(AllocatorConfig(mode="fixed", k_max=k_max, fixed_steps=k))
 
     def adaptive(tau: float) -> Callable[[Any], None]:
-        return lambda s: s.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=k_max, tau=tau))
+        return lambda s: s.use_adaptive_steps(tau)
 
     return [(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
 

@@ -135,6 +135,7 @@ class FrameGraphs:
         specs = [(self.latent_shape, dtype, None), ((), torch.float32, None), ((cfg.action_dim,), dtype, None),
                  ((), torch.bool, False), ((), torch.long, pad_row)]
         self.graphs = BucketedGraphs(self._step, specs, max_batch or cache.batch - 1, device, capture=capture)
+        self._keep_actions = torch.zeros(self.graphs.buckets[-1], dtype=torch.bool, device=device)  # drop none
 
     def _step(self, x, s, actions, drop, rows):
         return self.model.forward_frame(x, s, actions, self.cache, rows, drop_action=drop)
@@ -152,7 +153,7 @@ class FrameGraphs:
             raise ValueError("these graphs were captured on another cache")
         n = x.shape[0]
         rows = self.cache.all_rows[:n] if rows is None else rows
-        drop = torch.zeros(n, dtype=torch.bool, device=x.device) if drop_action is None else drop_action
+        drop = self._keep_actions[:n] if drop_action is None else drop_action
         v, conf = self.graphs(x, s.expand(n), actions, drop, rows)
         return v, conf
 
