@@ -9,8 +9,8 @@ Per batch size B (sessions) and mode, the median of CUDA-event timings after war
   frame  a whole frame: k_max steps + the cache pass at t = 0 + decoding to uint8 frames.
 Modes (the same weights, the same cache, the same inputs):
   eager          plain PyTorch, the torch kernel backend (`kernels.reference`), no graphs;
-  compile        torch.compile(mode="max-autotune") of that same code (it captures CUDA graphs
-                 itself), one compile per batch size;
+  compile        torch.compile(mode="max-autotune") of that same step (it captures CUDA graphs
+                 itself), one compile per batch size; the decoder under mode="reduce-overhead";
   triton+graphs  the Triton kernel backend, each batch-size bucket captured in a CUDA graph
                  (`sim.graphs`), as the engine runs it on CUDA;
   torch+graphs, triton  the two halves of that on their own, to see where a gain comes from.
@@ -85,7 +85,9 @@ class Setup:
             def step(x, s):
                 return model.forward_frame(x, s, self.a, self.cache, self.rows)
             self.forward = torch.compile(step, mode="max-autotune", dynamic=False)
-            self.decode = torch.compile(decode, mode="max-autotune", dynamic=False)
+            # the decoder without max-autotune: its convolution search alone took ~200 s per batch
+            # size on the H200 (the step is what the targets are about; its graphs come from compile)
+            self.decode = torch.compile(decode, mode="reduce-overhead", dynamic=False)
         else:
             self.forward = lambda x, s: model.forward_frame(x, s, self.a, self.cache, self.rows)
             self.decode = decode
@@ -173,10 +175,15 @@ def check(model, ae, device, batches=(1, 5, 32)) -> list[tuple[str, float]]:
             for name, got, want in zip(("v", "confidence", "v (2nd call)", "confidence (2nd)", "cache k"), results[mode], ref):
                 if name == "cache k":
                     got, want = got[:, :B], want[:, :B]
-                err = rel_err(got, want)
+                if name.startswith("confidence"):
+                    # a probability per session (one number at B = 1): judged on its own scale, as the
+                    # allocator reads it against tau; bf16 moves it by a few ulps of ~0.004
+                    err, what = float((got.double() - want.double()).abs().max()), "absolute error"
+                else:
+                    err, what = rel_err(got, want), "relative error"
                 tol = 1e-6 if mode == "torch+graphs" else 2e-2
                 if not np.isfinite(err) or err > tol:
-                    raise AssertionError(f"B{B} {mode} {name}: relative error {err:.2e} > {tol:g}")
+                    raise AssertionError(f"B{B} {mode} {name}: {what} {err:.2e} > {tol:g}")
                 out.append((f"B{B} {mode} {name}", err))
     ops.set_backend("torch")
     return out

@@ -164,11 +164,15 @@ class WorldSim:
             raise ValueError(f"frames must be uint8 {(*lead, *self.frame_shape)}, got {f.dtype} {f.shape}")
         return f
 
-    def _rows(self, sessions) -> torch.Tensor:
+    def _ids(self, sessions) -> np.ndarray:
+        """The session rows asked for, on the host (checked)."""
         ids = np.arange(self.num_sessions) if sessions is None else np.asarray(sessions, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_sessions):
             raise IndexError(f"sessions must lie in [0, {self.num_sessions}), got {ids.tolist()}")
-        return torch.as_tensor(ids, device=self.device)
+        return ids
+
+    def _rows(self, sessions) -> torch.Tensor:
+        return torch.as_tensor(self._ids(sessions), device=self.device)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -184,10 +188,10 @@ class WorldSim:
         frames = self._decode_graphs(z) if self.use_graphs else self._decode_tensor(z)
         return frames.to("cpu", copy=True).numpy()  # a copy even on the CPU: graph outputs are reused buffers
 
-    def _noise(self, rows: torch.Tensor, draws: int | None = None) -> torch.Tensor:
+    def _noise(self, ids: np.ndarray, draws: int | None = None) -> torch.Tensor:
         """Gaussian latents from each session's own stream: [B, C, h, w], or [B, draws, C, h, w]."""
         shape = self.latent_shape if draws is None else (draws, *self.latent_shape)
-        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)]) for r in rows.tolist()])
+        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)]) for r in ids.tolist()])
         return z.to(self.device, self.dtype)
 
     # ---- sessions ----------------------------------------------------------------------------
@@ -222,15 +226,16 @@ class WorldSim:
         frames) become the context for what follows (teacher-forced evaluation).
         Returns the generated frames uint8 [B, H, W, 3] and one report per session.
         """
-        rows = self._rows(sessions)
-        B = rows.numel()
-        if not self._prompted[rows.cpu().numpy()].all():
+        ids = self._ids(sessions)  # checked on the host: no device round trip before the frame starts
+        B = ids.size
+        if not self._prompted[ids].all():
             raise RuntimeError("prompt every session with reset(frames, actions) before step()")
         a = self._actions(actions, B)
+        rows = torch.as_tensor(ids, device=self.device)
         if self.few_step:
-            return self._step_few(a, rows, observe)
+            return self._step_few(a, rows, observe, ids)
         t0 = time.perf_counter()
-        x0 = sample_frame(self.net, self.cache, a, self._noise(rows), self.sampler, rows)
+        x0 = sample_frame(self.net, self.cache, a, self._noise(ids), self.sampler, rows)
         context = x0 if observe is None else self.encode(self._frames(observe, (B,)))
         commit_frame(self.net, self.cache, context, a, self.sampler, rows)
         frames = self.decode(x0)  # the copy to host synchronises the device
@@ -241,8 +246,12 @@ class WorldSim:
         return frames, reports
 
     @torch.no_grad()
-    def _step_few(self, a: torch.Tensor, rows: torch.Tensor, observe) -> tuple[np.ndarray, list[dict]]:
-        """Adaptive few-step sampling: sessions leave the batch when the allocator says they are done."""
+    def _step_few(self, a: torch.Tensor, rows: torch.Tensor, observe, ids: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """Adaptive few-step sampling: sessions leave the batch when the allocator says they are done.
+
+        While every session is still in, the step runs on the whole batch with no gathers or
+        scatters (the usual case for one player); the arithmetic is the same either way, so a
+        session's frame does not depend on which path its batch took."""
         alloc, levels = self.allocator, self.levels
         B = rows.numel()
         alloc.begin_frame()
@@ -250,7 +259,7 @@ class WorldSim:
         # every frame takes k_max draws from each session's stream, whatever it spends: a session's
         # noise then depends on its seed and frame number only, not on how many steps earlier
         # frames took (so settings compared on the same seeds see the same noise)
-        noise = self._noise(rows, alloc.cfg.k_max)  # (B, k_max, C, h, w)
+        noise = self._noise(ids, alloc.cfg.k_max)  # (B, k_max, C, h, w)
         x = noise[:, 0].clone()
         x0 = torch.empty_like(x)
         steps = np.zeros(B, dtype=np.int64)
@@ -260,20 +269,28 @@ class WorldSim:
             if not alloc.can_start(k, len(active), B):
                 break
             t_step = time.perf_counter()
-            idx = torch.as_tensor(active, device=self.device)
             s = levels[k - 1].expand(len(active))
-            v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
-            x0[idx] = x[idx] - levels[k - 1] * v
+            if len(active) == B:
+                v, conf = self.net.forward_frame(x, s, a, self.cache, rows)
+                torch.sub(x, levels[k - 1] * v, out=x0)
+            else:
+                idx = torch.as_tensor(active, device=self.device)
+                v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
+                x0[idx] = x[idx] - levels[k - 1] * v
             conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
             alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
             steps[active] = k
             for i, c in zip(active, conf_np):
                 traces[i].append(float(c))
-            active = active[~alloc.stop(k, conf_np, B)]
-            if not len(active):
+            still = active[~alloc.stop(k, conf_np, B)]
+            if not len(still):
                 break
-            idx = torch.as_tensor(active, device=self.device)
-            x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * noise[idx, k]
+            if len(still) == B:
+                x = (1 - levels[k]) * x0 + levels[k] * noise[:, k]
+            else:
+                idx = torch.as_tensor(still, device=self.device)
+                x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * noise[idx, k]
+            active = still
         t_finish = time.perf_counter()
         if observe is not None:
             commit_frame(self.net, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)

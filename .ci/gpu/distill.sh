@@ -12,6 +12,7 @@ python_train() {
 }
 # Then, for each student: python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
 # policies, fixed k = 1..4 and adaptive taus (A also with the teacher at 32 steps on the same clips).
+# STUDENTS ("A B" by default; "A" trains A alone, with the whole GPU) picks which to train.
 # TRAIN_FLAGS and EVAL_FLAGS (default "--seeds 16 --horizon 64") override either (a CPU dry run).
 # Everything lands in runs/dsa/; poll copies into $OUT: results.tar (eval.json, dsa.png,
 # rollout.png, metrics, logs of both) and each student as bf16 in 15 MB parts (ckpt-A.tar.*, ckpt-B.tar.*).
@@ -22,20 +23,21 @@ TAUS="0.5 0.6 0.7 0.8 0.85 0.9 0.95"
 case "${1:-start}" in
 start)
   MIN=${2:-11}; TEACHER=${3:-sim/weights/maze}; EVAL_FLAGS=${EVAL_FLAGS:---seeds 16 --horizon 64}
+  STUDENTS=${STUDENTS:-A B}
   mkdir -p "$DSA"
   rm -f "$DSA/DONE" "$DSA/TRAINED"
   setsid bash -c "
     source .ci/gpu/setup.sh; set +e
     $(declare -f python_train); MIN=$MIN; TEACHER=$TEACHER; TRAIN_FLAGS='${TRAIN_FLAGS:-}'
-    python_train --out runs/maze-a > $DSA/train-A.log 2>&1 &
-    python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 &
+    case '$STUDENTS' in *A*) python_train --out runs/maze-a > $DSA/train-A.log 2>&1 & ;; esac
+    case '$STUDENTS' in *B*) python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 & ;; esac
     wait; touch $DSA/TRAINED
-    python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER --teacher-steps 32 \
-      --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1
-    python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS $EVAL_FLAGS \
-      --out $DSA/eval-B > $DSA/eval-B.log 2>&1
+    case '$STUDENTS' in *A*) python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER \
+      --teacher-steps 32 --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 ;; esac
+    case '$STUDENTS' in *B*) python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS \
+      $EVAL_FLAGS --out $DSA/eval-B > $DSA/eval-B.log 2>&1 ;; esac
     touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &
-  echo "distill.sh: started two $MIN-minute students from $TEACHER (logs in $DSA)"
+  echo "distill.sh: started student(s) $STUDENTS for $MIN minutes from $TEACHER (logs in $DSA)"
   ;;
 poll)
   N=${2:-500}
@@ -45,6 +47,7 @@ poll)
   if [ -f "$DSA/DONE" ]; then
     for r in A B; do
       low=$(echo $r | tr AB ab)
+      [ -d runs/maze-$low/distill/checkpoint ] || continue
       cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
       python3 -c "
 import sys, torch; from sim.bundle import load_world, save_world
