@@ -67,7 +67,9 @@ class WorldSim:
             self.net = self.model
         self.action_dim = cfg.action_dim
         self.frame_shape = (cfg.latent_h * 8, cfg.latent_w * 8, 3)
-        self._generators = [torch.Generator().manual_seed(seed + i) for i in range(self.num_sessions)]
+        # one noise stream per session, on the engine's device: drawing 64 sessions' noise on the host
+        # cost more than their whole step (Box-Muller on the CPU), on the GPU it is 64 small launches
+        self._generators = [torch.Generator(device=self.device).manual_seed(seed + i) for i in range(self.num_sessions)]
         self._prompted = np.zeros(self.num_sessions, dtype=bool)
         few_step = self.config.get("sampler", {})
         self.few_step = few_step.get("kind") == "few-step"
@@ -191,8 +193,8 @@ class WorldSim:
     def _noise(self, ids: np.ndarray, draws: int | None = None) -> torch.Tensor:
         """Gaussian latents from each session's own stream: [B, C, h, w], or [B, draws, C, h, w]."""
         shape = self.latent_shape if draws is None else (draws, *self.latent_shape)
-        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)]) for r in ids.tolist()])
-        return z.to(self.device, self.dtype)
+        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)], device=self.device) for r in ids.tolist()])
+        return z.to(self.dtype)
 
     # ---- sessions ----------------------------------------------------------------------------
     @torch.no_grad()
