@@ -5,6 +5,7 @@ this step's x0 is as good as more steps would make it):
 
     stop  if k >= k_max
     stop  if k >= k_min and c >= tau                 (mode "adaptive" or "budget")
+          (or c >= tau_steps[k-1]: one threshold per step, when tau_steps is given)
     stop  if k >= fixed_steps                         (mode "fixed")
     stop  if the next step cannot finish in budget    (mode "budget": every session of the frame)
 
@@ -13,6 +14,13 @@ what one more step for the b sessions still running would take, and what finishi
 (cache pass + decode for all sessions) takes; a frame never starts a step it cannot finish
 in budget. `target_mean_steps` makes tau follow the observed step count (a slow integral
 controller), so a server can hold an average cost whatever the content.
+
+Per-step thresholds exist because a head trained toward "x0 after step k is as good as x0
+after k_max" learns the step index first: its confidence climbs with k (a measured student
+averaged 0.28, 0.31, 0.51, 0.99 after steps 1-4) and ranks frames only within a step, so one
+tau mostly picks a step count for every frame. `calibrate_tau_steps` sets each step's
+threshold at a quantile of that step's confidences, so that the `share` of frames the head
+rates most confident at each step stops there.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ class AllocatorConfig:
     budget_ms: float = 0.0  # per-frame latency budget (mode "budget")
     target_mean_steps: float = 0.0  # > 0: adapt tau online to hold this mean step count
     tau_rate: float = 0.02  # how far tau moves per frame per step of error
+    tau_steps: tuple[float, ...] = ()  # thresholds after steps 1..k_max-1 (replace tau when given)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -46,6 +55,29 @@ class AllocatorConfig:
             raise ValueError(f"fixed_steps must lie in [1, k_max={self.k_max}], got {self.fixed_steps}")
         if self.mode == "budget" and self.budget_ms <= 0:
             raise ValueError("mode 'budget' needs budget_ms > 0")
+        self.tau_steps = tuple(float(t) for t in self.tau_steps)
+        if self.tau_steps and len(self.tau_steps) != self.k_max - 1:
+            raise ValueError(f"tau_steps needs one threshold per step before k_max ({self.k_max - 1}), "
+                             f"got {len(self.tau_steps)}")
+        if not all(0.0 <= t <= 1.0 for t in self.tau_steps):
+            raise ValueError(f"tau_steps must lie in [0, 1], got {self.tau_steps}")
+        if self.tau_steps and self.target_mean_steps > 0:
+            raise ValueError("target_mean_steps moves the single tau: it does not combine with tau_steps")
+
+
+def calibrate_tau_steps(traces, share: float, k_max: int) -> tuple[float, ...]:
+    """Per-step thresholds from the confidence traces of frames that ran all k_max steps.
+
+    traces: per frame, its confidences after steps 1..k_max (a fixed-k_max run's
+    `confidence_trace`s). After step k the threshold is the (1 - share) quantile of the
+    step-k confidences, so about `share` of the frames still running stop at each step.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must lie in (0, 1), got {share}")
+    conf = np.asarray([t[: k_max - 1] for t in traces], dtype=np.float64)
+    if conf.ndim != 2 or conf.shape[0] == 0 or conf.shape[1] != k_max - 1:
+        raise ValueError(f"need traces of at least {k_max - 1} steps, got an array of shape {conf.shape}")
+    return tuple(float(np.quantile(conf[:, k], 1.0 - share)) for k in range(k_max - 1))
 
 
 class StepCostModel:
@@ -109,7 +141,8 @@ class StepAllocator:
             return np.ones(b, dtype=bool)
         if cfg.mode == "fixed":
             return np.full(b, k >= cfg.fixed_steps)
-        done = (k >= cfg.k_min) & (conf >= self.tau)
+        tau = cfg.tau_steps[k - 1] if cfg.tau_steps else self.tau
+        done = (k >= cfg.k_min) & (conf >= tau)
         if cfg.mode == "budget":
             going = int((~done).sum())
             if going and self.elapsed_ms() + self.cost.step(going) + self.cost.finish(frame_batch) > cfg.budget_ms:

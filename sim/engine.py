@@ -135,13 +135,15 @@ class WorldSim:
         else:
             self.sampler.steps = int(steps)
 
-    def use_adaptive_steps(self, tau: float | None = None) -> None:
+    def use_adaptive_steps(self, tau: float | None = None, tau_steps=None) -> None:
         """A student's confidence head ends each frame after 1 to k_max steps, at confidence >= tau
-        (default: the allocator's current tau)."""
+        (default: the allocator's current tau), or >= tau_steps[k-1] after step k when given
+        (`sim.allocator.calibrate_tau_steps`)."""
         if not self.few_step:
             raise ValueError("this checkpoint is a many-step teacher: adaptive steps need a distilled student")
         cfg = self.allocator.cfg
-        self.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=cfg.k_max, tau=cfg.tau if tau is None else tau))
+        self.set_allocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=cfg.k_max, tau=cfg.tau if tau is None else tau,
+                                           tau_steps=tuple(tau_steps or ())))
 
     def set_allocator(self, cfg: AllocatorConfig) -> None:
         """Change how a student spends steps (fixed / adaptive / budget); keeps the measured costs."""

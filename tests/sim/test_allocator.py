@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sim.allocator import AllocatorConfig, StepAllocator, StepCostModel
+from sim.allocator import AllocatorConfig, StepAllocator, StepCostModel, calibrate_tau_steps
 
 
 class FakeClock:
@@ -88,3 +88,38 @@ def test_bad_configs_are_refused():
         AllocatorConfig(k_min=5, k_max=4)
     with pytest.raises(ValueError, match="budget_ms"):
         AllocatorConfig(mode="budget")
+
+
+def test_per_step_thresholds_replace_tau():
+    alloc = StepAllocator(AllocatorConfig(mode="adaptive", k_max=4, tau=0.9, tau_steps=(0.3, 0.5, 0.7)))
+    conf = np.array([0.35, 0.6, 0.8])
+    assert alloc.stop(1, conf, 3).tolist() == [True, True, True]
+    assert alloc.stop(2, conf, 3).tolist() == [False, True, True]
+    assert alloc.stop(3, conf, 3).tolist() == [False, False, True]
+    assert alloc.stop(4, conf, 3).all()
+    # sessions stay independent: each decision reads its own confidence only
+    assert [alloc.stop(2, np.array([c]), 1)[0] for c in conf] == alloc.stop(2, conf, 3).tolist()
+
+
+def test_calibrated_thresholds_stop_the_asked_share_at_each_step():
+    rng = np.random.default_rng(0)
+    # a head whose confidence climbs with the step, as trained students' do
+    traces = np.clip(rng.normal([0.3, 0.4, 0.6, 0.99], 0.1, size=(2000, 4)), 0, 1)
+    tau_steps = calibrate_tau_steps(traces.tolist(), share=0.25, k_max=4)
+    assert len(tau_steps) == 3 and tau_steps[0] < tau_steps[1] < tau_steps[2]
+    alloc = StepAllocator(AllocatorConfig(mode="adaptive", k_max=4, tau_steps=tau_steps))
+    for k in (1, 2, 3):
+        assert abs(alloc.stop(k, traces[:, k - 1], 2000).mean() - 0.25) < 0.01
+
+
+def test_bad_per_step_thresholds_are_refused():
+    with pytest.raises(ValueError, match="one threshold per step"):
+        AllocatorConfig(k_max=4, tau_steps=(0.5, 0.6))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AllocatorConfig(k_max=3, tau_steps=(0.5, 1.5))
+    with pytest.raises(ValueError, match="does not combine"):
+        AllocatorConfig(k_max=3, tau_steps=(0.5, 0.6), target_mean_steps=2.0)
+    with pytest.raises(ValueError, match="share"):
+        calibrate_tau_steps([[0.1, 0.2, 0.3]], share=1.0, k_max=3)
+    with pytest.raises(ValueError, match="traces"):
+        calibrate_tau_steps([[0.1]], share=0.5, k_max=3)
