@@ -2,6 +2,7 @@
 
     python -m sim.eval --checkpoint runs/maze/teacher                  # 8 seeds, horizon 64
     python -m sim.eval --checkpoint runs/maze/teacher --steps 8 16 32  # one pass per step count
+    python -m sim.eval --long 2000 --seeds 2 --steps 4                 # does a long rollout collapse?
 
 For every policy (the scene's exploration policy "random" and its moving tour "explore")
 the real scene is rolled for K + H ticks from held-out world seeds (10**9 + i, never seen
@@ -21,6 +22,14 @@ view moves dominate the mean. Writes into --out: eval.json (summaries + config),
 eval_values.npz (every per-seed value), rollout.png (PSNR/SSIM vs horizon, model vs copy)
 and strip_<policy>_<setting>.png (real row over generated row at a few horizons).
 
+`--long N` measures instead whether a long free rollout collapses (`run_long`): per seed, the
+model free-rolls N frames from the real prompt under the policy's keys (by default the moving
+tour), the real scene beside it taking the same keys, and the run is cut into windows of
+--long-window frames. A window passes if the generated frames' mean sharpness is at least
+0.70 of the real frames' and each channel's mean and std lie within the range of the real
+frames' per-frame values over the run (exact terms: LONG_DEFINITIONS). Writes
+eval.json["long_rollout"], long_rollout.png and long_strip_<policy>_<setting>.png.
+
 The measuring functions (`collect_real`, `eval_next_frame`, `eval_rollout`) take any object
 with the engine's interface, so tests drive them with a fake engine, and the DSA eval
 (`--dsa`: quality against mean steps for fixed k = 1..k_max and adaptive thresholds, the step
@@ -38,7 +47,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -79,6 +88,35 @@ def held_out_seeds(n: int) -> list[int]:
     return [HELD_OUT_SEED_BASE + i for i in range(n)]
 
 
+def make_game(scene: Any, num_envs: int, height: int = 128, width: int = 128) -> Any:
+    """A scene name -> `scenes.make_batch(scene, num_envs)` at height x width; a `Game` -> itself,
+    checked to hold num_envs envs."""
+    if isinstance(scene, str):
+        import scenes  # every scene module, only when one is asked for by name
+        return scenes.make_batch(scene, num_envs, width=width, height=height)
+    if scene.num_envs != num_envs:
+        raise ValueError(f"the game has {scene.num_envs} envs but {num_envs} seeds were given")
+    return scene
+
+
+def real_ticks(game: Any, policy: str, seeds: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Reset `game` at `seeds`, then tick it under the named policy for as long as asked.
+
+    Yields (actions float32 [B, A], frame uint8 [B, H, W, 3]): first zeros and the reset frame,
+    then each tick's keys and the frame they produced. The policy is seeded with seeds[0].
+    """
+    from scenes.core import make_policy
+
+    pol = make_policy(game, policy, seed=int(seeds[0]))
+    frame = game.reset(list(seeds))
+    pol.reset()
+    yield np.zeros((game.num_envs, game.num_actions), dtype=np.float32), frame
+    while True:
+        keys = pol(game)  # bool [B, A]
+        game.step(keys)
+        yield keys.astype(np.float32), game.render()
+
+
 def collect_real(scene: Any, policy: str, seeds: Sequence[int], context: int, horizon: int,
                  height: int = 128, width: int = 128, progress: bool = True) -> RealClips:
     """Roll the real scene for context + horizon ticks, one env per seed, all batched.
@@ -86,26 +124,13 @@ def collect_real(scene: Any, policy: str, seeds: Sequence[int], context: int, ho
     scene: a scene name (built with `scenes.make_batch` at height x width) or a `Game`
     instance already built with len(seeds) envs.
     """
-    from scenes.core import make_policy
-
-    if isinstance(scene, str):
-        import scenes  # every scene module, only when one is asked for by name
-        game = scenes.make_batch(scene, len(seeds), width=width, height=height)
-    else:
-        game = scene
-        if game.num_envs != len(seeds):
-            raise ValueError(f"the game has {game.num_envs} envs but {len(seeds)} seeds were given")
-    pol = make_policy(game, policy, seed=int(seeds[0]))
+    game = make_game(scene, len(seeds), height, width)
+    ticks = real_ticks(game, policy, seeds)
     B, T, A = len(seeds), context + horizon, game.num_actions
     frames = np.empty((B, T, game.height, game.width, 3), dtype=np.uint8)
-    actions = np.zeros((B, T, A), dtype=np.float32)
-    frames[:, 0] = game.reset(list(seeds))
-    pol.reset()
-    for t in tqdm(range(1, T), desc=f"real {game.name}/{policy}", disable=not progress, leave=False):
-        keys = pol(game)  # bool [B, A]
-        game.step(keys)
-        actions[:, t] = keys
-        frames[:, t] = game.render()
+    actions = np.empty((B, T, A), dtype=np.float32)
+    for t in tqdm(range(T), desc=f"real {game.name}/{policy}", disable=not progress, leave=False):
+        actions[:, t], frames[:, t] = next(ticks)
     return RealClips(game.name, policy, [int(s) for s in seeds], context, frames, actions)
 
 
@@ -139,6 +164,20 @@ def _frames_np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.uint8)
 
 
+def prompt(sim: Any, frames: np.ndarray, actions: np.ndarray, seeds: Sequence[int]) -> None:
+    """sim.reset with the prompt frames [B, K, H, W, 3] and actions [B, K, A], one session per seed."""
+    B = frames.shape[0]
+    if "seeds" in inspect.signature(sim.reset).parameters:
+        # common random numbers: every setting draws the same noise for the same world, so the
+        # differences between settings are theirs, not the noise's
+        sim.reset(frames, actions, seeds=list(seeds))
+    else:
+        sim.reset(frames, actions)
+    if sim.num_sessions != B:
+        raise ValueError(f"the engine holds {sim.num_sessions} sessions but {B} seeds are measured; "
+                         f"load it with num_sessions={B}")
+
+
 def _score(sim: Any, real: RealClips, observe: bool, desc: str, progress: bool) -> Scores:
     """Prompt with the first K real frames, step H times, score step j against real frame K + j.
 
@@ -148,15 +187,7 @@ def _score(sim: Any, real: RealClips, observe: bool, desc: str, progress: bool) 
     """
     K, H = real.context, real.horizon
     B = real.frames.shape[0]
-    if "seeds" in inspect.signature(sim.reset).parameters:
-        # common random numbers: every setting draws the same noise for the same world, so the
-        # differences between settings are theirs, not the noise's
-        sim.reset(real.frames[:, :K], real.actions[:, :K], seeds=real.seeds)
-    else:
-        sim.reset(real.frames[:, :K], real.actions[:, :K])
-    if sim.num_sessions != B:
-        raise ValueError(f"the engine holds {sim.num_sessions} sessions but {B} seeds are measured; "
-                         f"load it with num_sessions={B}")
+    prompt(sim, real.frames[:, :K], real.actions[:, :K], real.seeds)
     generated = np.empty((B, H, *real.frames.shape[2:]), dtype=np.uint8)  # [B, H, h, w, 3]
     reports = np.empty((3, B, H))  # steps, latency_ms, confidence
     for j in tqdm(range(H), desc=desc, disable=not progress, leave=False):
@@ -236,6 +267,17 @@ def dsa_settings(sim: Any, taus: Sequence[float]) -> list[tuple[str, Callable[[A
         return lambda s: s.use_adaptive_steps(tau)
 
     return [(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
+
+
+def engine_settings(sim: Any, steps: Sequence[int] | None = None, dsa_taus: Sequence[float] | None = None,
+                    reference: tuple[str, Any] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
+    """(label, engine, configure) to measure in turn: the DSA settings with dsa_taus, else the
+    --steps ones, then the reference engine as it is."""
+    settings = [(label, sim, configure) for label, configure in
+                (dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps))]
+    if reference is not None:
+        settings.append((reference[0], reference[1], lambda s: None))
+    return settings
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -379,14 +421,9 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    K = int(context or sim.context_frames)
-    if K < sim.context_frames:
-        raise ValueError(f"the model needs {sim.context_frames} context frames, got --context {K}")
+    K = context_length(sim, context)
     height, width = frame_size(sim)
-    settings = [(label, sim, configure) for label, configure in
-                (dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps))]
-    if reference is not None:
-        settings.append((reference[0], reference[1], lambda s: None))
+    settings = engine_settings(sim, steps, dsa_taus, reference)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -421,6 +458,14 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     return report
 
 
+def context_length(sim: Any, context: int | None) -> int:
+    """Prompt frames: --context, else the model's context_frames; fewer than the model needs is refused."""
+    K = int(context or sim.context_frames)
+    if K < sim.context_frames:
+        raise ValueError(f"the model needs {sim.context_frames} context frames, got --context {K}")
+    return K
+
+
 def frame_size(sim: Any) -> tuple[int, int]:
     """(H, W) of the engine's frames: `frame_shape` (H, W, 3), else `resolution`, else 128x128."""
     shape = getattr(sim, "frame_shape", None) or getattr(sim, "resolution", None) or (128, 128)
@@ -438,6 +483,264 @@ def _json_clean(x: Any) -> Any:
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# long free rollout (--long): does the picture hold over thousands of frames
+
+
+LONG_WINDOW = 100          # rollout frames per statistics window
+LONG_MIN_SHARPNESS = 0.70  # generated / real sharpness that every window must reach
+LONG_STRIP_COLUMNS = 8     # window ends shown in long_strip_<policy>_<setting>.png
+CHANNELS = "RGB"
+
+LONG_DEFINITIONS = {
+    "frames": "rollout frame n = 1..N follows the real prompt (real frames 0..K-1) and the model's own frames "
+              "before it, never a real one; it is made under the action of real tick K - 1 + n, and the real "
+              "scene, given the same action, shows real frame n beside it",
+    "window": "rollout frames [first, last], `window` of them (the last window may be shorter)",
+    "sharpness": "laplacian variance of luma (sim.metrics.laplacian_variance), averaged over seeds x window frames; "
+                 "sharpness_ratio = generated average / real average (a ratio of means; NaN if the real one is 0); "
+                 "sharpness_ratio_worst_seed: the same ratio per seed, the lowest",
+    "colour": "per frame and channel (R, G, B on 0..255): mean and std over the pixels; a window's mean / std is "
+              "the average of those over seeds x window frames",
+    "real_range": "per channel: [min, max] of the real frames' per-frame means (stds), over every seed and all "
+                  "N rollout frames",
+    "verdict": "sharpness_ok: sharpness_ratio >= min_sharpness_ratio in every window; colour_ok: in every window "
+               "each channel's generated mean lies in real_range.mean and its std in real_range.std; "
+               "passes: both",
+}
+
+
+@dataclass
+class LongTrack:
+    """Per-frame statistics of a long free rollout beside the real scene, B seeds by N frames.
+
+    Column n - 1 is rollout frame n (LONG_DEFINITIONS["frames"]). Only these numbers are kept,
+    never the frames, so N can be thousands; `snapshots` holds (n, real, generated) uint8
+    frames of session 0 at the last frame of each window, for the strip.
+    """
+    sharpness: np.ndarray       # [B, N] laplacian variance of the generated frames
+    real_sharpness: np.ndarray  # [B, N] ... and of the real ones
+    mean: np.ndarray            # [B, N, 3] per-channel mean over pixels, generated
+    std: np.ndarray             # [B, N, 3] per-channel std over pixels, generated
+    real_mean: np.ndarray       # [B, N, 3]
+    real_std: np.ndarray        # [B, N, 3]
+    snapshots: list[tuple[int, np.ndarray, np.ndarray]]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.__dict__.items() if k != "snapshots"}
+
+
+def channel_stats(frames: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame, per-channel mean and std over the pixels: [..., H, W, 3] -> float64 [..., 3] twice."""
+    x = np.asarray(frames, dtype=np.float64)
+    return x.mean(axis=(-3, -2)), x.std(axis=(-3, -2))
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else math.nan
+
+
+def roll_long(sim: Any, scene: Any, policy: str, seeds: Sequence[int], context: int, frames: int,
+              window: int = LONG_WINDOW, height: int = 128, width: int = 128, desc: str = "long",
+              progress: bool = True) -> LongTrack:
+    """Prompt with `context` real frames, then `frames` steps on the model's own frames, the real scene beside.
+
+    scene: a scene name or a `Game` with len(seeds) envs (see `make_game`). The policy plays the
+    real game; the model is given the same keys, so a tour that steers by the real maze steers
+    the model's too.
+    """
+    game = make_game(scene, len(seeds), height, width)
+    ticks = real_ticks(game, policy, seeds)
+    B, K, N = len(seeds), context, frames
+    first = [next(ticks) for _ in range(K)]
+    prompt(sim, np.stack([f for _, f in first], axis=1), np.stack([a for a, _ in first], axis=1), seeds)
+    sharp, real_sharp = np.empty((B, N)), np.empty((B, N))
+    mean, std, real_mean, real_std = (np.empty((B, N, 3)) for _ in range(4))
+    snapshots = []
+    bar = tqdm(range(N), desc=desc, unit="frame", disable=not progress, leave=False)
+    for n in bar:
+        actions, real = next(ticks)
+        generated = _frames_np(sim.step(actions)[0])  # no observe: the model's frame becomes its context
+        sharp[:, n], real_sharp[:, n] = laplacian_variance(generated), laplacian_variance(real)
+        mean[:, n], std[:, n] = channel_stats(generated)
+        real_mean[:, n], real_std[:, n] = channel_stats(real)
+        if (n + 1) % window == 0 or n + 1 == N:
+            snapshots.append((n + 1, real[0].copy(), generated[0].copy()))
+            w = slice(n - n % window, n + 1)  # the window just ended
+            bar.set_postfix(sharpness_ratio=f"{_ratio(sharp[:, w].mean(), real_sharp[:, w].mean()):.2f}")
+    return LongTrack(sharp, real_sharp, mean, std, real_mean, real_std, snapshots)
+
+
+def long_windows(track: LongTrack, window: int) -> list[dict]:
+    """One row per `window` rollout frames (the last may be shorter), as LONG_DEFINITIONS says."""
+    N = track.sharpness.shape[1]
+    rows = []
+    for a in range(0, N, window):
+        w = slice(a, min(a + window, N))
+        s, r = track.sharpness[:, w], track.real_sharpness[:, w]  # [B, n]
+        rows.append({"frames": [a + 1, w.stop], "sharpness": float(s.mean()), "real_sharpness": float(r.mean()),
+                     "sharpness_ratio": _ratio(s.mean(), r.mean()),
+                     "sharpness_ratio_worst_seed": min(_ratio(sb.mean(), rb.mean()) for sb, rb in zip(s, r)),
+                     **{k: getattr(track, k)[:, w].mean(axis=(0, 1)).tolist()
+                        for k in ("mean", "std", "real_mean", "real_std")}})
+    return rows
+
+
+def real_range(track: LongTrack) -> dict:
+    """{"mean" | "std": {"min": [3], "max": [3]}} over every real frame of every seed."""
+    return {k: {"min": v.min(axis=(0, 1)).tolist(), "max": v.max(axis=(0, 1)).tolist()}
+            for k, v in (("mean", track.real_mean), ("std", track.real_std))}
+
+
+def long_verdict(windows: Sequence[dict], colour_range: dict, min_ratio: float = LONG_MIN_SHARPNESS) -> dict:
+    """The collapse test of LONG_DEFINITIONS["verdict"] on `long_windows` rows and a `real_range`.
+
+    A NaN (or None, from JSON) sharpness ratio fails its window. Reports the lowest and the
+    last ratio, the windows that fail each test (0-based) and the share in colour range.
+    """
+    ratios = np.array([w["sharpness_ratio"] for w in windows], dtype=np.float64)  # None -> NaN
+    sharp_ok = np.nan_to_num(ratios, nan=-math.inf) >= min_ratio
+    colour_ok = np.array([all(lo <= x <= hi for k in ("mean", "std")
+                              for x, lo, hi in zip(w[k], colour_range[k]["min"], colour_range[k]["max"]))
+                          for w in windows], dtype=bool)
+    return {"min_sharpness_ratio": min_ratio, "windows": len(windows),
+            "sharpness_ratio_min": float(np.min(ratios)), "sharpness_ratio_last": float(ratios[-1]),
+            "windows_below_sharpness": np.flatnonzero(~sharp_ok).tolist(),
+            "sharpness_ok": bool(sharp_ok.all()),
+            "windows_out_of_colour_range": np.flatnonzero(~colour_ok).tolist(),
+            "colour_in_range_fraction": float(colour_ok.mean()),
+            "colour_ok": bool(colour_ok.all()),
+            "passes": bool(sharp_ok.all() and colour_ok.all())}
+
+
+def run_long(sim: Any, scene: Any, seeds: Sequence[int], frames: int, window: int = LONG_WINDOW,
+             context: int | None = None, policies: Sequence[str] = ("explore",), steps: Sequence[int] | None = None,
+             out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
+             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None,
+             min_ratio: float = LONG_MIN_SHARPNESS) -> dict:
+    """`--long N`: per policy and setting, a free rollout of N frames (`roll_long`) cut into windows
+    (`long_windows`) and judged against the real frames (`long_verdict`).
+
+    Writes into `out`: eval.json with "config", "long_rollout" ({"config", "definitions", "results":
+    {policy: {setting: {"windows", "real_range", "verdict", ...}}}, "passes"}) and "wall_s", but no
+    next-frame or rollout "results"; eval_values.npz (the per-frame LongTrack arrays under
+    "<policy>/<setting>/long/<name>"); long_rollout.png (`plot_long`) and long_strip_<policy>_<setting>.png
+    (real row over generated row at window ends). Returns the eval.json dict.
+    """
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    K = context_length(sim, context)
+    height, width = frame_size(sim)
+    settings = engine_settings(sim, steps, dsa_taus, reference)
+    results: dict[str, dict] = {}
+    values: dict[str, np.ndarray] = {}
+    for policy in policies:
+        results[policy] = {}
+        for label, engine, configure in settings:
+            configure(engine)
+            t1 = time.time()
+            track = roll_long(engine, scene, policy, seeds, K, frames, window, height, width,
+                              desc=f"long {policy}/{label}", progress=progress)
+            windows, colour_range = long_windows(track, window), real_range(track)
+            verdict = long_verdict(windows, colour_range, min_ratio)
+            for i, w in enumerate(windows):
+                w["sharpness_ok"] = i not in verdict["windows_below_sharpness"]
+                w["colour_in_range"] = i not in verdict["windows_out_of_colour_range"]
+            results[policy][label] = {"sampler_steps": getattr(engine, "sampler_steps", None), "windows": windows,
+                                      "real_range": colour_range, "verdict": verdict,
+                                      "wall_s": round(time.time() - t1, 1)}
+            values.update({f"{policy}/{label}/long/{k}": v for k, v in track.arrays().items()})
+            snaps = track.snapshots
+            picks = np.unique(np.linspace(0, len(snaps) - 1, min(LONG_STRIP_COLUMNS, len(snaps))).round().astype(int))
+            write_strip(out / f"long_strip_{policy}_{label}.png", [snaps[i][1] for i in picks],
+                        [snaps[i][2] for i in picks])
+    labels = [label for label, _, _ in settings]
+    report = {"config": dict(config or {}, seeds=[int(s) for s in seeds], context=K, policies=list(policies),
+                             steps=list(steps) if steps else None, resolution=[height, width], settings=labels,
+                             long=frames, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+              "long_rollout": {"config": {"frames": frames, "window": window, "min_sharpness_ratio": min_ratio,
+                                          "context": K, "seeds": [int(s) for s in seeds], "policies": list(policies),
+                                          "settings": labels},
+                               "definitions": LONG_DEFINITIONS, "results": results,
+                               "passes": all(r["verdict"]["passes"] for by in results.values() for r in by.values())},
+              "wall_s": round(time.time() - t0, 1)}
+    (out / "eval.json").write_text(json.dumps(_json_clean(report), indent=2) + "\n")
+    np.savez_compressed(out / "eval_values.npz", **values)
+    plot_long(out / "long_rollout.png", results)
+    return report
+
+
+def plot_long(path: Path, results: dict) -> None:
+    """Per window, one column per policy and setting: generated / real sharpness against the 0.70 line
+    (top) and the channel means, generated solid, real dashed, the real per-frame range shaded (bottom)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(policy, label, res) for policy, by in results.items() for label, res in by.items()]
+    fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False)
+    for col, (policy, label, res) in enumerate(runs):
+        x = [w["frames"][1] for w in res["windows"]]
+        ax = axes[0, col]
+        ax.plot(x, [w["sharpness_ratio"] for w in res["windows"]], "o-", label="all seeds")
+        ax.plot(x, [w["sharpness_ratio_worst_seed"] for w in res["windows"]], ".--", label="worst seed")
+        ax.axhline(res["verdict"]["min_sharpness_ratio"], color="0.3", ls=":", label="target")
+        ax.set(title=f"{policy} {label}: sharpness generated / real", xlabel="rollout frame (window end)",
+               ylabel="laplacian variance ratio")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1, col]
+        for c, (name, colour) in enumerate(zip(CHANNELS, ("tab:red", "tab:green", "tab:blue"))):
+            ax.plot(x, [w["mean"][c] for w in res["windows"]], "o-", color=colour, ms=3, label=f"{name} generated")
+            ax.plot(x, [w["real_mean"][c] for w in res["windows"]], "--", color=colour, label=f"{name} real")
+            lo, hi = res["real_range"]["mean"]["min"][c], res["real_range"]["mean"]["max"][c]
+            ax.axhspan(lo, hi, color=colour, alpha=0.07)
+        ax.set(title=f"{policy} {label}: channel means (shaded: real per-frame range)",
+               xlabel="rollout frame (window end)", ylabel="mean (0..255)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_long(report: dict) -> str:
+    """Per policy and setting: one line per window (sharpness and colour, generated beside real), then the verdict."""
+    lr = report["long_rollout"]
+    cfg = lr["config"]
+
+    def f(x: Any, spec: str = ".2f") -> str:
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    def rgb(v: Sequence[float]) -> str:
+        return "/".join(f(x, ".0f") for x in v)
+
+    lines = []
+    for policy, by_setting in lr["results"].items():
+        for label, res in by_setting.items():
+            lines.append(f"{policy} {label}: {cfg['frames']} free frames, {len(cfg['seeds'])} seeds, "
+                         f"windows of {cfg['window']}")
+            head = (f"{'frames':>11}{'sharp gen':>11}{'real':>8}{'ratio':>7}{'worst':>7}"
+                    f"{'mean RGB gen':>15}{'real':>13}{'std RGB gen':>14}{'real':>11}  colour")
+            lines += [head, "-" * len(head)]
+            for w in res["windows"]:
+                lines.append(f"{str(w['frames'][0]) + '-' + str(w['frames'][1]):>11}{f(w['sharpness'], '.1f'):>11}"
+                             f"{f(w['real_sharpness'], '.1f'):>8}{f(w['sharpness_ratio']):>7}"
+                             f"{f(w['sharpness_ratio_worst_seed']):>7}{rgb(w['mean']):>15}{rgb(w['real_mean']):>13}"
+                             f"{rgb(w['std']):>14}{rgb(w['real_std']):>11}  {'in' if w['colour_in_range'] else 'OUT'}")
+            v, rr = res["verdict"], res["real_range"]
+            n = v["windows"]
+            lines.append(f"real range: mean {rgb(rr['mean']['min'])} .. {rgb(rr['mean']['max'])}, "
+                         f"std {rgb(rr['std']['min'])} .. {rgb(rr['std']['max'])}")
+            lines.append(f"sharpness ratio min {f(v['sharpness_ratio_min'])}, last {f(v['sharpness_ratio_last'])}, "
+                         f">= {v['min_sharpness_ratio']:.2f} in {n - len(v['windows_below_sharpness'])}/{n} windows: "
+                         f"{'PASS' if v['sharpness_ok'] else 'FAIL'}; colour in range in "
+                         f"{n - len(v['windows_out_of_colour_range'])}/{n} windows "
+                         f"({100 * v['colour_in_range_fraction']:.0f}%): {'PASS' if v['colour_ok'] else 'FAIL'}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +876,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--horizon", type=int, default=64, help="frames scored per seed (and longest rollout)")
     p.add_argument("--context", type=int, default=None, help="prompt frames (default: the model's context_frames)")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="sampler steps per frame; several values run one after another")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), help="action sources")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help=f"action sources (default: {' '.join(POLICIES)}; with --long: explore, the moving tour)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json and the PNGs")
     p.add_argument("--dsa", action="store_true",
@@ -586,9 +890,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-steps", type=int, default=32, help="the --teacher's Euler steps per frame")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA graphs for the engine's step (default: on with CUDA)")
+    p.add_argument("--long", type=int, default=None, metavar="N",
+                   help="instead of the tables above: a free rollout of N frames per seed beside the real scene, "
+                        "sharpness and colour per window against the real frames' (eval.json['long_rollout'], "
+                        "long_rollout.png); --horizon is unused")
+    p.add_argument("--long-window", type=int, default=LONG_WINDOW, metavar="FRAMES",
+                   help="with --long: rollout frames per statistics window")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.horizon < 1:
         p.error("--seeds and --horizon must be >= 1")
+    if args.long is not None and args.long < 1:
+        p.error(f"--long must be >= 1 (frames of the free rollout), got {args.long}")
+    if args.long_window < 1:
+        p.error(f"--long-window must be >= 1 frame, got {args.long_window}")
+    args.policies = args.policies or (["explore"] if args.long else list(POLICIES))
     if args.steps and min(args.steps) < 1:
         p.error("--steps values must be >= 1")
     return args
@@ -617,13 +932,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if sim.scene and scene != sim.scene:
         print(f"warning: measuring a {sim.scene!r} model on scene {scene!r}", file=sys.stderr)
     ckpt_id = getattr(sim, "checkpoint_id", None) or getattr(sim, "config", {}).get("id")
+    what = (f"a free rollout of {args.long} frames in windows of {args.long_window}" if args.long
+            else f"horizon {args.horizon}")
     print(f"eval: {checkpoint} (id {ckpt_id}) on {scene}, device {getattr(sim, 'device', args.device)}, "
-          f"{len(seeds)} seeds, horizon {args.horizon}")
+          f"{len(seeds)} seeds, {what}")
+    config = {"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
+              "device": str(getattr(sim, "device", args.device)),
+              "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if args.long:
+        report = run_long(sim, scene, seeds, args.long, args.long_window, context=args.context, policies=args.policies,
+                          steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None,
+                          reference=reference, config=config)
+        print(format_long(report))
+        print(f"wrote {Path(args.out) / 'eval.json'}, long_rollout.png and long strips in {report['wall_s']} s")
+        return report
     report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
                       steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None, reference=reference,
-                      config={"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
-                              "device": str(getattr(sim, "device", args.device)),
-                              "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])})
+                      config=config)
     print(format_table(report))
     if "dsa" in report:
         print(format_dsa(report))
