@@ -255,9 +255,12 @@ def step_settings(steps: Sequence[int] | None) -> list[tuple[str, Callable[[Any]
     return [(f"steps{n}", fixed(int(n))) for n in steps]
 
 
-def dsa_settings(sim: Any, taus: Sequence[float]) -> list[tuple[str, Callable[[Any], None]]]:
-    """Fixed k = 1..k_max, then adaptive at each tau, for a distilled student."""
-    from sim.allocator import AllocatorConfig
+def dsa_settings(sim: Any, taus: Sequence[float], shares: Sequence[float] = (),
+                 traces: Callable[[], np.ndarray] | None = None) -> list[tuple[str, Callable[[Any], None]]]:
+    """Fixed k = 1..k_max, then adaptive at each tau, then adaptive with per-step thresholds
+    calibrated to stop each `share` of frames at each step (`traces()` gives the calibration's
+    confidence traces, [frames, k_max]), for a distilled student."""
+    from sim.allocator import AllocatorConfig, calibrate_tau_steps
     k_max = sim.allocator.cfg.k_max
 
     def fixed(k: int) -> Callable[[Any], None]:
@@ -266,15 +269,51 @@ def dsa_settings(sim: Any, taus: Sequence[float]) -> list[tuple[str, Callable[[A
     def adaptive(tau: float) -> Callable[[Any], None]:
         return lambda s: s.use_adaptive_steps(tau)
 
-    return [(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
+    def per_step(share: float) -> Callable[[Any], None]:
+        return lambda s: s.use_adaptive_steps(tau_steps=calibrate_tau_steps(traces(), share, k_max))
+
+    if shares and traces is None:
+        raise ValueError("share settings need calibration traces")
+    return ([(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
+            + [(f"share{q:g}", per_step(q)) for q in shares])
+
+
+def is_adaptive(label: str) -> bool:
+    """A setting whose step count the confidence head decides (one tau, or a threshold per step)."""
+    return label.startswith(("tau", "share"))
+
+
+def calibration_seeds(n: int) -> list[int]:
+    """World seeds 0..n-1, from the training range: per-step thresholds are never fit on the
+    held-out worlds they are measured on."""
+    return list(range(n))
+
+
+def confidence_traces(sim: Any, scene: Any, policy: str, seeds: Sequence[int], context: int, frames: int,
+                      progress: bool = True) -> np.ndarray:
+    """[len(seeds) * frames, k_max]: a student's confidence after each of its k_max steps, every
+    frame run to k_max with real context (next-frame), on `seeds` under `policy`."""
+    from sim.allocator import AllocatorConfig
+    k_max = sim.allocator.cfg.k_max
+    sim.set_allocator(AllocatorConfig(mode="fixed", k_max=k_max, fixed_steps=k_max))
+    height, width = frame_size(sim)
+    real = collect_real(scene, policy, seeds, context, frames, height, width, progress)
+    prompt(sim, real.frames[:, :context], real.actions[:, :context], real.seeds)
+    out = []
+    for j in tqdm(range(frames), desc=f"calibrate {policy}", disable=not progress, leave=False):
+        t = context + j
+        _, reports = sim.step(real.actions[:, t], observe=real.frames[:, t])
+        out.extend(r["confidence_trace"] for r in reports)
+    return np.asarray(out, dtype=np.float64)
 
 
 def engine_settings(sim: Any, steps: Sequence[int] | None = None, dsa_taus: Sequence[float] | None = None,
-                    reference: tuple[str, Any] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
+                    reference: tuple[str, Any] | None = None, dsa_shares: Sequence[float] = (),
+                    traces: Callable[[], np.ndarray] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
     """(label, engine, configure) to measure in turn: the DSA settings with dsa_taus, else the
     --steps ones, then the reference engine as it is."""
     settings = [(label, sim, configure) for label, configure in
-                (dsa_settings(sim, dsa_taus) if dsa_taus is not None else step_settings(steps))]
+                (dsa_settings(sim, dsa_taus, dsa_shares, traces) if dsa_taus is not None else step_settings(steps))]
     if reference is not None:
         settings.append((reference[0], reference[1], lambda s: None))
     return settings
@@ -339,7 +378,7 @@ def dsa_verdict(dsa: dict, k_max: int, teacher: str | None = None, horizons: Seq
     for policy, rows in dsa.items():
         fixed = sorted(((r["mean_steps_rollout"], r) for lab, r in rows.items() if lab.startswith("fixed")),
                        key=lambda t: t[0])
-        adaptive = {lab: r for lab, r in rows.items() if lab.startswith("tau")}
+        adaptive = {lab: r for lab, r in rows.items() if is_adaptive(lab)}
         hs = [h for h in horizons if all(h in r["rollout_psnr_mean"] for _, r in fixed)]
         if not fixed or not hs:
             continue
@@ -382,7 +421,7 @@ def plot_dsa(path: Path, summary: dict) -> None:
             def y(r):
                 return r["next_psnr_mean"] if metric == "next" else r["rollout_psnr_mean"].get(16, math.nan)
             fixed = [(r["mean_steps_rollout"], y(r)) for lab, r in rows.items() if lab.startswith("fixed")]
-            adapt = [(r["mean_steps_rollout"], y(r), lab) for lab, r in rows.items() if lab.startswith("tau")]
+            adapt = [(r["mean_steps_rollout"], y(r), lab) for lab, r in rows.items() if is_adaptive(lab)]
             line, = ax.plot(*zip(*fixed), style + "-", label=f"fixed k ({metric})")
             for lab, r in rows.items():
                 if lab.startswith("teacher"):  # many steps: a level to compare with, not a point on the axis
@@ -396,7 +435,7 @@ def plot_dsa(path: Path, summary: dict) -> None:
         ax.legend(fontsize=8)
         ax = axes[1, col]
         for lab, r in rows.items():
-            if lab.startswith("tau"):
+            if is_adaptive(lab):
                 hist = np.asarray(r["steps_histogram"][1:], float)
                 ax.plot(np.arange(1, hist.size + 1), hist / max(hist.sum(), 1), "o-", label=lab)
         ax.set(title=f"{policy}: steps per frame (adaptive, rollout)", xlabel="steps", ylabel="share of frames")
@@ -410,12 +449,15 @@ def plot_dsa(path: Path, summary: dict) -> None:
 def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
              policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None) -> dict:
+             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None,
+             dsa_shares: Sequence[float] = ()) -> dict:
     """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
 
     scene: a scene name, or a `Game` built with len(seeds) envs (see `collect_real`).
     reference: (label, engine) measured as it is on the same real clips, a setting beside the
     others (the teacher beside its student, e.g. ("teacher32", teacher engine at 32 steps)).
+    dsa_shares: with dsa_taus, also adaptive with per-step thresholds, calibrated once on
+    training-range worlds (`calibration_seeds`) under the first policy, next-frame.
     Returns the eval.json dict.
     """
     t0 = time.time()
@@ -423,7 +465,16 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     out.mkdir(parents=True, exist_ok=True)
     K = context_length(sim, context)
     height, width = frame_size(sim)
-    settings = engine_settings(sim, steps, dsa_taus, reference)
+    calibration: dict[str, Any] = {}
+
+    def traces() -> np.ndarray:
+        if "traces" not in calibration:
+            calibration.update(seeds=calibration_seeds(len(seeds)), policy=policies[0], frames=min(horizon, 32))
+            calibration["traces"] = confidence_traces(sim, scene, calibration["policy"], calibration["seeds"], K,
+                                                      calibration["frames"], progress)
+        return calibration["traces"]
+
+    settings = engine_settings(sim, steps, dsa_taus, reference, dsa_shares, traces)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -447,6 +498,13 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
                              resolution=[height, width], settings=[label for label, _, _ in settings],
                              date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
               "results": results, "wall_s": round(time.time() - t0, 1)}
+    if calibration:
+        from sim.allocator import calibrate_tau_steps
+        k_max = sim.allocator.cfg.k_max
+        report["config"]["calibration"] = {
+            "seeds": calibration["seeds"], "policy": calibration["policy"], "frames": calibration["frames"],
+            "mean_confidence_per_step": calibration["traces"].mean(axis=0).tolist(),
+            "tau_steps": {f"share{q:g}": list(calibrate_tau_steps(calibration["traces"], q, k_max)) for q in dsa_shares}}
     if dsa_taus is not None:
         report["dsa"] = dsa_summary(values, policies, [label for label, _, _ in settings])
         report["dsa_verdict"] = dsa_verdict(report["dsa"], sim.allocator.cfg.k_max,
@@ -885,6 +943,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "step histograms, confidence-vs-error rank correlation (dsa.png, eval.json['dsa'])")
     p.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95],
                    help="confidence thresholds measured with --dsa")
+    p.add_argument("--shares", type=float, nargs="+", default=[],
+                   help="with --dsa: also adaptive with one confidence threshold per step, set on training-range "
+                        "worlds so that this share of the running frames stops at each step")
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                    help="with --dsa: also measure this many-step teacher on the same clips, as setting teacher<N>")
     p.add_argument("--teacher-steps", type=int, default=32, help="the --teacher's Euler steps per frame")
@@ -906,6 +967,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.policies = args.policies or (["explore"] if args.long else list(POLICIES))
     if args.steps and min(args.steps) < 1:
         p.error("--steps values must be >= 1")
+    if args.shares and not args.dsa:
+        p.error("--shares are settings of the DSA eval: add --dsa")
+    if any(not 0.0 < q < 1.0 for q in args.shares):
+        p.error(f"--shares must lie in (0, 1), got {args.shares}")
+    if args.shares and args.long:
+        p.error("--shares are not measured with --long")
     return args
 
 
@@ -948,7 +1015,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return report
     report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
                       steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None, reference=reference,
-                      config=config)
+                      config=config, dsa_shares=args.shares if args.dsa else ())
     print(format_table(report))
     if "dsa" in report:
         print(format_dsa(report))

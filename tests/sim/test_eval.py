@@ -278,3 +278,27 @@ def test_settings_share_their_noise_so_equal_settings_score_equally(tiny_student
     fixed, tau = (report["results"]["explore"][k] for k in ("fixed4", "tau1"))
     assert fixed["next_frame"]["psnr"] == tau["next_frame"]["psnr"]
     assert fixed["rollout"]["psnr"] == tau["rollout"]["psnr"]
+
+
+def test_per_step_thresholds_are_calibrated_on_training_worlds_and_measured(tiny_student_checkpoint, tmp_path):
+    from sim.allocator import calibrate_tau_steps
+    from sim.engine import WorldSim
+    seeds = ev.held_out_seeds(2)
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=len(seeds), device="cpu")
+    report = ev.run_eval(sim, "maze", seeds, horizon=4, context=4, policies=["explore"], out=tmp_path,
+                         progress=False, dsa_taus=[1.0], dsa_shares=[0.5])
+    cal = report["config"]["calibration"]
+    assert cal["seeds"] == [0, 1] and not set(cal["seeds"]) & set(seeds)  # never the measured worlds
+    traces = ev.confidence_traces(sim, "maze", "explore", cal["seeds"], 4, cal["frames"], progress=False)
+    assert traces.shape == (2 * cal["frames"], 4)
+    assert cal["tau_steps"]["share0.5"] == pytest.approx(list(calibrate_tau_steps(traces, 0.5, 4)))
+    row = report["dsa"]["explore"]["share0.5"]
+    assert 1 <= row["mean_steps_rollout"] <= 4 and sum(row["steps_histogram"]) == 8
+    assert "share0.5" in ev.dsa_verdict(report["dsa"], 4, horizons=(1,))["explore"]["equal_steps"]
+
+
+def test_shares_need_the_dsa_eval():
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--shares", "0.3"])
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--dsa", "--shares", "1.5"])
