@@ -70,14 +70,23 @@ def calibrate_tau_steps(traces, share: float, k_max: int) -> tuple[float, ...]:
 
     traces: per frame, its confidences after steps 1..k_max (a fixed-k_max run's
     `confidence_trace`s). After step k the threshold is the (1 - share) quantile of the
-    step-k confidences, so about `share` of the frames still running stop at each step.
+    step-k confidences of the frames that earlier thresholds let run on (confidences of one
+    frame are correlated across steps: the frames left at step 2 are the doubtful ones of
+    step 1), so about `share` of the frames still running stop at each step.
     """
     if not 0.0 < share < 1.0:
         raise ValueError(f"share must lie in (0, 1), got {share}")
     conf = np.asarray([t[: k_max - 1] for t in traces], dtype=np.float64)
     if conf.ndim != 2 or conf.shape[0] == 0 or conf.shape[1] != k_max - 1:
         raise ValueError(f"need traces of at least {k_max - 1} steps, got an array of shape {conf.shape}")
-    return tuple(float(np.quantile(conf[:, k], 1.0 - share)) for k in range(k_max - 1))
+    running = np.ones(conf.shape[0], dtype=bool)
+    taus = []
+    for k in range(k_max - 1):
+        # no frame left to calibrate on: nobody stops here (1.0 is cleared by a certain head only)
+        tau = float(np.quantile(conf[running, k], 1.0 - share)) if running.any() else 1.0
+        taus.append(tau)
+        running &= conf[:, k] < tau
+    return tuple(taus)
 
 
 class StepCostModel:
