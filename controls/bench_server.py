@@ -5,16 +5,20 @@
         --sessions 64 --processes --json bench.json                  # a distilled student, adaptive steps
     python -m controls.bench_server --tiny --device cpu --seconds 2      # a smoke run with a random tiny model
     python -m controls.bench_server --tiny-student --device cpu --steps adaptive --seconds 2
+    python -m controls.bench_server --fake-engine --sessions 64 --multiplexed --batch-wait-ms 50  # the server alone
 
 Starts a server on 127.0.0.1 (a subprocess; `--in-process` runs its loop on a thread here),
 then two phases, each after a warm-up:
 1. one session stepping back to back: frames/s and round-trip latency per frame (p50/p99);
-2. N sessions, one client thread each (`--processes`: one process each), stepping as fast
-   as they can: aggregate frames/s, mean batch size, round trip under load.
+2. N sessions, one client thread each (`--processes`: one process each; `--multiplexed`: one
+   process for all, a socket each), stepping as fast as they can: aggregate frames/s, mean
+   batch size, round trip under load.
 The server's own overhead is its handling time (socket, msgpack, batching, bookkeeping)
-outside the engine, from its `stats`, as a share of engine step time. Steps per frame are
-what the engine reported for each frame (`info["steps"]`): with adaptive steps, the mean
-over the phase. The last lines are a table of both phases; `--json FILE` writes all of it.
+outside the engine, from its `stats`, as a share of engine step time, and per frame.
+`--fake-engine` serves (in-process) from a stand-in that answers at once with fixed 128x128
+frames: what is left is the server's own cost; a long --batch-wait-ms keeps its batches full.
+Steps per frame are what the engine reported for each frame (`info["steps"]`): with
+adaptive steps, the mean over the phase. The last lines are a table of both phases; `--json FILE` writes all of it.
 """
 from __future__ import annotations
 
@@ -71,19 +75,63 @@ def tiny_checkpoint(folder: Path, student: bool = False) -> Path:
     return folder
 
 
+class FakeEngine:
+    """The engine interface the server's Host uses, answering at once: fixed frames, student-like reports.
+
+    With the model taken out, a bench measures the server alone: sockets, msgpack, batching
+    and bookkeeping. Each row's frame is fixed noise (uint8 [H, W, 3], 128x128 by default
+    like the distilled students); reports carry what a few-step student's do.
+    """
+
+    few_step = False  # no allocator: a latency budget has nothing to cut
+    sampler_steps = 4
+    context_frames = 4
+
+    def __init__(self, num_sessions: int, resolution: int = 128, scene: str = "maze"):
+        import scenes
+        self.scene, self.num_sessions = scene, int(num_sessions)
+        self.action_dim = len(scenes.game_class(scene).ACTIONS)
+        self.frame_shape = (resolution, resolution, 3)
+        self.config = {"id": "fake-engine", "scene": scene}
+        self._frames = np.random.default_rng(0).integers(0, 256, (self.num_sessions, *self.frame_shape), np.uint8)
+        trace = [0.5, 0.7, 0.85, 0.93]
+        self._reports = [{"steps": 4, "passes": 5, "latency_ms": 0.0, "confidence": trace[-1],
+                          "confidence_trace": trace} for _ in range(self.num_sessions)]
+
+    def warmup(self) -> float:
+        return 0.0
+
+    def reset(self, frames, actions, sessions=None, seeds=None) -> None:
+        pass
+
+    def step(self, actions, observe=None, sessions=None) -> tuple[np.ndarray, list[dict]]:
+        rows = np.arange(self.num_sessions) if sessions is None else np.asarray(sessions)
+        return self._frames[rows], self._reports[:len(rows)]  # a fresh array of each row's frame, as an engine's
+
+    def snapshot(self, session: int) -> dict:
+        return {}
+
+    def restore(self, session: int, snap: dict) -> None:
+        pass
+
+
 class ServerUnderTest:
     """A server on a free 127.0.0.1 port: a subprocess, or a thread of this process."""
 
     def __init__(self, args, checkpoint: Path, sessions: int):
         self.endpoint = free_endpoint()
         self.proc = self.thread = None
-        if args.in_process:
+        if args.in_process or args.fake_engine:
             from controls.server import Host, Server, ServerConfig, configure_steps
-            from sim.engine import WorldSim
             config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms)
-            engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
-            self.steps_text = configure_steps(engine, args.steps, args.tau)  # ValueError: the user's to fix
-            engine.warmup()
+            if args.fake_engine:
+                engine = FakeEngine(sessions)
+                self.steps_text = "a fake engine (no model)"
+            else:
+                from sim.engine import WorldSim
+                engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
+                self.steps_text = configure_steps(engine, args.steps, args.tau)  # ValueError: the user's to fix
+                engine.warmup()
             self.server = Server(Host(engine, config), config)
             self.thread = threading.Thread(target=self.server.serve, daemon=True)
             self.thread.start()
@@ -165,9 +213,94 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
         out.put((seed, result))
 
 
-def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, processes: bool = False) -> dict:
-    """`sessions` clients stepping at once: threads of this process, or one process each."""
-    if processes:  # client-side msgpack and copies then never share one interpreter lock
+def drive_many(endpoint: str, sessions: int, warmup_s: float, seconds: float, ready, start, out) -> None:
+    """`sessions` clients in one process: one DEALER socket (so one identity) and one session each.
+
+    Every socket sends its next step as soon as its reply is in, as each `drive` client does,
+    so the server sees the traffic of `sessions` client processes; but the load is one
+    process, which leaves the server a core of its own on a small machine. Results go to
+    `out` as from `drive`, one per session, numbered 0..sessions-1.
+    """
+    import zmq
+    from controls.protocol import pack, unpack_reply
+    context = zmq.Context()
+    sockets = [context.socket(zmq.DEALER) for _ in range(sessions)]
+    index = {sock: i for i, sock in enumerate(sockets)}
+    poller = zmq.Poller()
+    tokens: list[str] = []
+    sent = [0.0] * sessions
+    rng = np.random.default_rng(0)
+    results = None
+
+    def no_reply() -> ServerGone:
+        return ServerGone(f"no reply from the server at {endpoint} within 120 s")
+
+    def receive(sock) -> dict:
+        if not sock.poll(120_000):
+            raise no_reply()
+        return unpack_reply(sock.recv())
+
+    def ask(i: int, message: dict) -> dict:
+        sockets[i].send(pack(message))
+        return receive(sockets[i])
+
+    def step(i: int) -> None:
+        sent[i] = time.perf_counter()
+        sockets[i].send(pack({"op": "step", "id": 1, "session": tokens[i], "action": rng.integers(0, 2, A).tolist()}))
+
+    def step_all_for(duration_s: float) -> list[dict]:
+        """Every session stepping back to back for `duration_s`: per session its round trips and steps."""
+        stats = [{"round_trips": [], "steps": {}} for _ in sockets]
+        for i in range(sessions):
+            step(i)
+        t_end, stepping = time.perf_counter() + duration_s, sessions
+        while stepping:
+            answered = poller.poll(120_000)
+            if not answered:
+                raise no_reply()
+            for sock, _ in answered:
+                i = index[sock]
+                info = unpack_reply(sock.recv())["info"]
+                now = time.perf_counter()
+                stats[i]["round_trips"].append(now - sent[i])
+                stats[i]["steps"][info["steps"]] = stats[i]["steps"].get(info["steps"], 0) + 1
+                if now < t_end:
+                    step(i)
+                else:
+                    stepping -= 1
+        return stats
+
+    try:
+        for sock in sockets:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            poller.register(sock, zmq.POLLIN)
+        tokens = [ask(i, {"op": "reset", "id": 0, "seed": i})["session"] for i in range(sessions)]
+        A = ask(0, {"op": "spec", "id": 0})["action_space"]["n"]
+        step_all_for(warmup_s)
+        ready.wait()
+        start.wait()  # the main thread reads the server's stats in between
+        results = step_all_for(seconds)
+        for i in range(sessions):
+            ask(i, {"op": "close", "id": 2, "session": tokens[i]})
+    except BaseException:
+        ready.abort()  # the main thread stops waiting
+        start.abort()
+        raise
+    finally:
+        for i in range(sessions):
+            out.put((i, None if results is None else results[i]))
+        context.destroy(linger=0)
+
+
+def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients: str = "threads") -> dict:
+    """`sessions` clients stepping at once: threads of this process, one process each, or one process for all."""
+    if clients == "multiplexed":
+        mp = multiprocessing.get_context("spawn")
+        ready, start, out = mp.Barrier(2), mp.Barrier(2), mp.Queue()
+        workers = [mp.Process(target=drive_many, args=(endpoint, sessions, warmup_s, seconds, ready, start, out),
+                              daemon=True)]
+    elif clients == "processes":  # client-side msgpack and copies then never share one interpreter lock
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(sessions + 1), mp.Barrier(sessions + 1), mp.Queue()
         workers = [mp.Process(target=drive, args=(endpoint, i, warmup_s, seconds, ready, start, out), daemon=True)
@@ -183,7 +316,7 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, process
         before = c.stats()
         start.wait(timeout=300)
         t0 = time.perf_counter()
-        results = dict(out.get(timeout=seconds + 300) for _ in workers)
+        results = dict(out.get(timeout=seconds + 300) for _ in range(sessions))
         elapsed = time.perf_counter() - t0
         after = c.stats()
     for w in workers:
@@ -205,6 +338,7 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, process
             "steps_histogram": {str(k): histogram[k] for k in sorted(histogram)},
             "engine_ms_per_batch": 1e3 * delta["engine_step_s"] / max(delta["batches"], 1),
             "overhead_ms_per_batch": 1e3 * delta["overhead_s"] / max(delta["batches"], 1),
+            "overhead_us_per_frame": 1e6 * delta["overhead_s"] / max(delta["frames"], 1),
             "overhead_share": delta["overhead_s"] / max(delta["engine_step_s"], 1e-9),
             "server_busy_share": delta["busy_s"] / elapsed}
 
@@ -226,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="a random tiny 32x32 model: measures the server, not the model")
     p.add_argument("--tiny-student", action="store_true",
                    help="the same, marked as a distilled few-step student (k_max 4): for --steps adaptive")
+    p.add_argument("--fake-engine", action="store_true",
+                   help="serve (in-process) from a stand-in engine that answers at once: the server's own cost")
     p.add_argument("--device", default=None, help="the server's device (default: CUDA if present)")
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
@@ -237,19 +373,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")
     p.add_argument("--processes", action="store_true", help="one client process per session (default: threads)")
+    p.add_argument("--multiplexed", action="store_true",
+                   help="every session's client (one socket each) in one process: leaves the server a core of "
+                        "its own on a small machine")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.tiny and args.tiny_student:
-        p.error("--tiny and --tiny-student are two different models: pick one")
+    if sum([args.tiny, args.tiny_student, args.fake_engine]) > 1:
+        p.error("--tiny, --tiny-student and --fake-engine are different engines: pick one")
+    if args.fake_engine and (args.checkpoint or args.steps is not None or args.tau is not None):
+        p.error("--fake-engine serves no model: drop --checkpoint, --steps and --tau")
+    if args.processes and args.multiplexed:
+        p.error("--processes and --multiplexed are two ways to run the clients: pick one")
+    clients = "multiplexed" if args.multiplexed else "processes" if args.processes else "threads"
     if args.sessions < 1 or args.seconds <= 0:
         p.error("--sessions must be >= 1 and --seconds > 0")
 
     from sim.bundle import shipped_checkpoint
     tmp = None
     tiny = args.tiny or args.tiny_student
-    checkpoint = None if tiny else (args.checkpoint or shipped_checkpoint("maze"))
-    if checkpoint is None:
+    checkpoint = None if tiny or args.fake_engine else (args.checkpoint or shipped_checkpoint("maze"))
+    if args.fake_engine:
+        checkpoint = "fake-engine"
+    elif checkpoint is None:
         tmp = tempfile.TemporaryDirectory()
         kind = "student" if args.tiny_student else "model"
         checkpoint = tiny_checkpoint(Path(tmp.name) / f"tiny-maze-{kind}", student=args.tiny_student)
@@ -262,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(2) from None
         try:
             one = phase(server.endpoint, 1, args.warmup, args.seconds)
-            many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, args.processes)
+            many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients)
         except ServerGone as e:
             print(f"bench_server: {e}", file=sys.stderr)
             raise
@@ -276,8 +422,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"checkpoint": str(checkpoint), "scene": spec["scene"], "frame_shape": spec["frame_shape"],
               "sampler_steps": spec["sampler_steps"], "steps": args.steps, "tau": args.tau, "steps_text": steps,
               "device": args.device or "auto",
-              "server": "in-process thread" if args.in_process else "subprocess", "batch_wait_ms": args.batch_wait_ms,
-              "clients": "processes" if args.processes else "threads",
+              "server": "in-process thread" if args.in_process or args.fake_engine else "subprocess",
+              "batch_wait_ms": args.batch_wait_ms,
+              "clients": clients,
               "sessions": args.sessions, "frames_per_s": many["frames_per_s"], "frames_per_s_1": one["frames_per_s"],
               "latency_ms_p50": one["latency_ms_p50"], "latency_ms_p99": one["latency_ms_p99"],
               "latency_ms_p50_loaded": many["latency_ms_p50"], "latency_ms_p99_loaded": many["latency_ms_p99"],
@@ -290,7 +437,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"server {result['server']}, clients {result['clients']}, batch wait {args.batch_wait_ms:g} ms, "
           f"{args.seconds:g} s per phase")
     print(f"  {args.sessions} sessions: engine {many['engine_ms_per_batch']:.2f} ms/batch, server overhead "
-          f"{many['overhead_ms_per_batch']:.2f} ms/batch, steps per frame {many['steps_histogram']}")
+          f"{many['overhead_ms_per_batch']:.2f} ms/batch ({many['overhead_us_per_frame']:.1f} us per frame), "
+          f"steps per frame {many['steps_histogram']}")
     print(table([one, many]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -181,14 +181,22 @@ def check_reset_options(options: dict) -> None:
             raise ProtocolError(BAD_REQUEST, f"reset option {name} must be {what}, got {value!r:.40}")
 
 
+_NUMBER_TYPES = frozenset({int, float, bool})  # what msgpack decodes numbers to
+
+
 def decode_action(action: list, action_dim: int, names: list[str] | None = None) -> np.ndarray:
-    """A key vector from the wire -> float32 [A]; ProtocolError if it is not one."""
-    keys = f" ({', '.join(names)})" if names else ""
+    """A key vector from the wire -> float32 [A]; ProtocolError if it is not one.
+
+    Runs once per step request, so the usual case is kept to two C-level passes: the exact
+    types msgpack decodes numbers to (other types fall back to the isinstance check), and
+    the range, where 0 <= x <= 1 is false for NaN and for infinities too.
+    """
     if len(action) != action_dim:
+        keys = f" ({', '.join(names)})" if names else ""
         raise ProtocolError(BAD_ACTION, f"action must hold {action_dim} numbers{keys}, got {len(action)}")
-    if not all(_number(x) for x in action):
+    if not _NUMBER_TYPES.issuperset(map(type, action)) and not all(_number(x) for x in action):
         raise ProtocolError(BAD_ACTION, f"action must hold numbers, got {sorted({type(x).__name__ for x in action})}")
-    if not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in action):
+    if not all(0.0 <= x <= 1.0 for x in action):
         raise ProtocolError(BAD_ACTION, "action entries must be finite and in [0, 1] (1 = key held), "
                                         f"got {[x for x in action if not (math.isfinite(x) and 0 <= x <= 1)][:4]}")
     return np.asarray(action, dtype=np.float32)
@@ -196,9 +204,13 @@ def decode_action(action: list, action_dim: int, names: list[str] | None = None)
 
 # ---- frames -----------------------------------------------------------------------------------
 def encode_frame(frame: np.ndarray) -> dict:
-    """uint8 [H, W, 3] -> {"frame": raw bytes, "shape": [H, W, 3], "dtype": "uint8"}."""
+    """uint8 [H, W, 3] -> {"frame": raw bytes, "shape": [H, W, 3], "dtype": "uint8"}.
+
+    The bytes are a view of the array's memory, not a copy (msgpack packs a memoryview as
+    bin, exactly as it packs bytes): pack the result before the array changes.
+    """
     frame = np.ascontiguousarray(frame, dtype=np.uint8)
-    return {"frame": frame.tobytes(), "shape": list(frame.shape), "dtype": "uint8"}
+    return {"frame": memoryview(frame).cast("B"), "shape": list(frame.shape), "dtype": "uint8"}
 
 
 def decode_frame(obs: dict) -> np.ndarray:

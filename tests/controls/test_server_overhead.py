@@ -1,0 +1,76 @@
+"""The server's own cost, with the engine taken out (controls.bench_server.FakeEngine): replies packed
+in one reused buffer arrive intact, a waiting batch does not spin, and the fake-engine bench runs."""
+import threading
+
+import numpy as np
+import pytest
+
+from controls.bench_server import FakeEngine
+from controls.bench_server import main as bench
+from controls.client import Client
+from controls.server import Host, Server, ServerConfig
+
+
+@pytest.fixture
+def serve_fake():
+    """serve_fake(sessions, resolution=..., **ServerConfig fields) -> a Server on a thread, over a FakeEngine."""
+    running = []
+
+    def start(sessions, resolution=32, **fields):
+        config = ServerConfig(bind="tcp://127.0.0.1:*", max_sessions=sessions, **fields)
+        server = Server(Host(FakeEngine(sessions, resolution=resolution), config), config)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def test_replies_packed_in_one_reused_buffer_each_keep_their_own_frame(serve_fake):
+    # 160x160x3 is over pyzmq's zero-copy threshold (64 KiB): the reply must still be copied at send
+    server = serve_fake(4, resolution=160, batch_wait_ms=200)
+    clients = [Client(server.endpoint, timeout_s=10) for _ in range(4)]
+    try:
+        sessions = [c.reset(seed=i)[0] for i, c in enumerate(clients)]
+        for t in range(4):  # all four in flight at once: once all are live, one batch of four replies
+            ids = [c.send("step", action=[0] * 6, session=s) for c, s in zip(clients, sessions)]
+            for c, s, rid in zip(clients, sessions, ids):
+                reply = c.recv(rid)
+                assert reply["info"]["batch"] == 4 or t == 0  # the first steps find no session live yet
+                assert np.array_equal(reply["obs"], server.host.engine._frames[server.host.sessions[s].row])
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_batch_waiting_for_its_deadline_does_not_spin(serve_fake):
+    server = serve_fake(2, batch_wait_ms=30)
+    turns = []
+    due = server._batch_due
+    server._batch_due = lambda now: turns.append(now) or due(now)
+    with Client(server.endpoint) as waiting, Client(server.endpoint) as idle:
+        a, _, _ = waiting.reset(seed=1)
+        b, _, _ = idle.reset(seed=2)
+        idle.step([0] * 6, b)  # live: the next batch waits for it until the deadline
+        turns.clear()
+        busy = server.busy_s
+        info = waiting.step([0] * 6, a)[4]
+    assert info["batch"] == 1 and info["wall_ms"] >= 25
+    # poll waits are whole milliseconds: the loop wakes a few times, not on every poll(0) of the last one
+    assert len(turns) < 10, f"{len(turns)} turns of the loop while one batch waited 30 ms"
+    assert server.busy_s - busy < 0.01
+
+
+def test_the_fake_engine_bench_measures_the_server_alone(capsys):
+    result = bench(["--fake-engine", "--sessions", "4", "--multiplexed", "--seconds", "0.3", "--warmup", "0.1"])
+    one, many = result["phases"]
+    assert result["server"] == "in-process thread" and result["clients"] == "multiplexed"
+    assert result["frame_shape"] == [128, 128, 3] and many["sessions"] == 4 and many["frames"] > 0
+    assert many["overhead_us_per_frame"] > 0 and many["steps_histogram"] == {"4": many["frames"]}
+    assert "us per frame" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench(["--fake-engine", "--steps", "2"])
