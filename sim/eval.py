@@ -256,11 +256,10 @@ def step_settings(steps: Sequence[int] | None) -> list[tuple[str, Callable[[Any]
 
 
 def dsa_settings(sim: Any, taus: Sequence[float], shares: Sequence[float] = (),
-                 traces: Callable[[], np.ndarray] | None = None) -> list[tuple[str, Callable[[Any], None]]]:
-    """Fixed k = 1..k_max, then adaptive at each tau, then adaptive with per-step thresholds
-    calibrated to stop each `share` of frames at each step (`traces()` gives the calibration's
-    confidence traces, [frames, k_max]), for a distilled student."""
-    from sim.allocator import AllocatorConfig, calibrate_tau_steps
+                 tau_steps: Callable[[float], tuple[float, ...]] | None = None) -> list[tuple[str, Callable[[Any], None]]]:
+    """Fixed k = 1..k_max, then adaptive at each tau, then adaptive with the per-step thresholds
+    `tau_steps(share)` that stop each `share` of frames at each step, for a distilled student."""
+    from sim.allocator import AllocatorConfig
     k_max = sim.allocator.cfg.k_max
 
     def fixed(k: int) -> Callable[[Any], None]:
@@ -270,10 +269,10 @@ def dsa_settings(sim: Any, taus: Sequence[float], shares: Sequence[float] = (),
         return lambda s: s.use_adaptive_steps(tau)
 
     def per_step(share: float) -> Callable[[Any], None]:
-        return lambda s: s.use_adaptive_steps(tau_steps=calibrate_tau_steps(traces(), share, k_max))
+        return lambda s: s.use_adaptive_steps(tau_steps=tau_steps(share))
 
-    if shares and traces is None:
-        raise ValueError("share settings need calibration traces")
+    if shares and tau_steps is None:
+        raise ValueError("share settings need their calibrated thresholds")
     return ([(f"fixed{k}", fixed(k)) for k in range(1, k_max + 1)] + [(f"tau{t:g}", adaptive(t)) for t in taus]
             + [(f"share{q:g}", per_step(q)) for q in shares])
 
@@ -309,11 +308,11 @@ def confidence_traces(sim: Any, scene: Any, policy: str, seeds: Sequence[int], c
 
 def engine_settings(sim: Any, steps: Sequence[int] | None = None, dsa_taus: Sequence[float] | None = None,
                     reference: tuple[str, Any] | None = None, dsa_shares: Sequence[float] = (),
-                    traces: Callable[[], np.ndarray] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
+                    tau_steps: Callable[[float], tuple[float, ...]] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
     """(label, engine, configure) to measure in turn: the DSA settings with dsa_taus, else the
     --steps ones, then the reference engine as it is."""
     settings = [(label, sim, configure) for label, configure in
-                (dsa_settings(sim, dsa_taus, dsa_shares, traces) if dsa_taus is not None else step_settings(steps))]
+                (dsa_settings(sim, dsa_taus, dsa_shares, tau_steps) if dsa_taus is not None else step_settings(steps))]
     if reference is not None:
         settings.append((reference[0], reference[1], lambda s: None))
     return settings
@@ -465,16 +464,21 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     out.mkdir(parents=True, exist_ok=True)
     K = context_length(sim, context)
     height, width = frame_size(sim)
-    calibration: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}  # filled by the first share setting, then reused (and reported)
 
-    def traces() -> np.ndarray:
+    def tau_steps(share: float) -> tuple[float, ...]:
+        from sim.allocator import calibrate_tau_steps
         if "traces" not in calibration:
-            calibration.update(seeds=calibration_seeds(len(seeds)), policy=policies[0], frames=min(horizon, 32))
+            calibration.update(seeds=calibration_seeds(len(seeds)), policy=policies[0], frames=min(horizon, 32),
+                               tau_steps={})
             calibration["traces"] = confidence_traces(sim, scene, calibration["policy"], calibration["seeds"], K,
                                                       calibration["frames"], progress)
-        return calibration["traces"]
+        thresholds = calibration["tau_steps"]
+        if f"share{share:g}" not in thresholds:
+            thresholds[f"share{share:g}"] = calibrate_tau_steps(calibration["traces"], share, sim.allocator.cfg.k_max)
+        return thresholds[f"share{share:g}"]
 
-    settings = engine_settings(sim, steps, dsa_taus, reference, dsa_shares, traces)
+    settings = engine_settings(sim, steps, dsa_taus, reference, dsa_shares, tau_steps)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -499,12 +503,10 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
                              date=datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
               "results": results, "wall_s": round(time.time() - t0, 1)}
     if calibration:
-        from sim.allocator import calibrate_tau_steps
-        k_max = sim.allocator.cfg.k_max
         report["config"]["calibration"] = {
             "seeds": calibration["seeds"], "policy": calibration["policy"], "frames": calibration["frames"],
             "mean_confidence_per_step": calibration["traces"].mean(axis=0).tolist(),
-            "tau_steps": {f"share{q:g}": list(calibrate_tau_steps(calibration["traces"], q, k_max)) for q in dsa_shares}}
+            "tau_steps": {label: list(t) for label, t in calibration["tau_steps"].items()}}
     if dsa_taus is not None:
         report["dsa"] = dsa_summary(values, policies, [label for label, _, _ in settings])
         report["dsa_verdict"] = dsa_verdict(report["dsa"], sim.allocator.cfg.k_max,
