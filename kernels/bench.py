@@ -242,7 +242,10 @@ def bench_attention(table: Table, device, sweep: bool) -> None:
                                   (128, 32, 4, 4), (64, 32, 4, 4)):
                 if bm > max(16, triton.next_power_of_2(N)) or bn > max(16, triton.next_power_of_2(N)):
                     continue
-                for sp in sorted({1, fa.auto_split(B, nh, N, frames, bm, bn, fa.sm_count(device)), 2 * split}):
+                splits = {1, fa.auto_split(B, nh, N, frames, bm, bn, fa.sm_count(device)), 2 * split}
+                if B == 1 and N == 256:  # the launch-bound issue shape: how the split count fills the SMs
+                    splits |= {4, 8, 16}
+                for sp in sorted(splits):
                     table.time("frame_attention", shape, f"BM{bm} BN{bn} w{w} s{st} split{sp}",
                                lambda: fa.frame_attention(q, kc, vc, rows, start, count, split=sp, block_m=bm,
                                                           block_n=bn, num_warps=w, num_stages=st), flops, nbytes, "sweep")

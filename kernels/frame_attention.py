@@ -308,7 +308,10 @@ def _bench() -> None:
         if args.sweep:
             for bm, bn, w, st in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
                                   (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 4, 4)):
-                for sp in sorted({1, auto_split(B, nh, N, frames, bm, bn, sm_count(dev))}):
+                splits = {1, auto_split(B, nh, N, frames, bm, bn, sm_count(dev))}
+                if B == 1:  # launch-bound: how the split count fills the SMs
+                    splits |= {4, 8, 16}
+                for sp in sorted(splits):
                     report(f"BM{bm} BN{bn} w{w} s{st} split{sp}",
                            lambda: frame_attention(q, kc, vc, rows, start, count, split=sp, block_m=bm,
                                                    block_n=bn, num_warps=w, num_stages=st))

@@ -3,7 +3,7 @@
 #   bash .ci/gpu/check.sh [compile_batches] [engine_checkpoint]
 # 1. python -m kernels.bench: every kernel against its torch twin on fresh random bf16 inputs,
 #    then against SDPA flash / cuDNN / FlexAttention and the torch twins, per call and inside a
-#    CUDA graph (table); SWEEP=1 adds the attention tile sweep (about a minute more);
+#    CUDA graph (table); SWEEP=1 adds the attention tile sweep (about a minute more; its limit is then 240 s);
 # 2. python -m sim.bench --check: triton vs torch backend, graph replays vs eager, engine frames
 #    with and without graphs; then step and frame times in eager / triton / torch+graphs /
 #    triton+graphs at batch 1 8 32 64, and the engine's latency for one player;
@@ -12,18 +12,18 @@
 #    (max-autotune took 81 s per batch size on the H200).
 # Run it alone on the GPU: its timings are only clean when nothing else shares the card.
 # Each part has its own time limit and a failure does not stop the next. Logs and JSON in $OUT.
-# compile_batches "none" skips part 3.
+# compile_batches "none" skips part 3; PARTS (default "kernels sim compile") picks the parts to run.
 source .ci/gpu/setup.sh
 set +e
-COMPILE_BATCHES=${1:-1 32}; ENGINE=${2:-sim/weights/maze}
+COMPILE_BATCHES=${1:-1 32}; ENGINE=${2:-sim/weights/maze}; PARTS=${PARTS:-kernels sim compile}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit --format=csv | tee "$OUT/gpu.txt"
-timeout 150 python3 -m kernels.bench ${SWEEP:+--sweep} --json "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
+[[ " $PARTS " == *" kernels "* ]] && timeout "${KERNELS_S:-$([ -n "${SWEEP:-}" ] && echo 240 || echo 150)}" python3 -m kernels.bench ${SWEEP:+--sweep} --json "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
 echo "kernels.bench: exit $?"
-timeout 150 python3 -m sim.bench --check --modes eager triton torch+graphs triton+graphs --engine "$ENGINE" \
+[[ " $PARTS " == *" sim "* ]] && timeout 150 python3 -m sim.bench --check --modes eager triton torch+graphs triton+graphs --engine "$ENGINE" \
   --profile triton+graphs:1 triton+graphs:32 --json "$OUT/sim_bench.json" > "$OUT/sim_bench.log" 2>&1
 echo "sim.bench: exit $?"
 # shellcheck disable=SC2086 (the batches are words)
-[ "$COMPILE_BATCHES" != none ] && timeout 280 python3 -m sim.bench --modes eager compile triton+graphs --batch $COMPILE_BATCHES \
+[[ " $PARTS " == *" compile "* ]] && [ "$COMPILE_BATCHES" != none ] && timeout 280 python3 -m sim.bench --modes eager compile triton+graphs --batch $COMPILE_BATCHES \
   --json "$OUT/sim_compile.json" > "$OUT/sim_compile.log" 2>&1
 echo "sim.bench compile: exit $?"
-for f in kernels sim_bench sim_compile; do echo "== $f"; grep -v -E '^\s*$' "$OUT/$f.log" | tail -28; done
+for f in kernels sim_bench sim_compile; do [ -f "$OUT/$f.log" ] || continue; echo "== $f"; grep -v -E '^\s*$' "$OUT/$f.log" | tail -28; done

@@ -19,7 +19,7 @@ python_train() {
 source .ci/gpu/setup.sh
 set +e
 DSA=runs/dsa
-TAUS="0.5 0.6 0.7 0.8 0.85 0.9 0.95"
+TAUS=${TAUS:-0.5 0.6 0.7 0.8 0.85 0.9 0.95}  # adaptive thresholds the eval sweeps (override: TAUS="0.5 0.8")
 case "${1:-start}" in
 start)
   MIN=${2:-11}; TEACHER=${3:-sim/weights/maze}; EVAL_FLAGS=${EVAL_FLAGS:---seeds 16 --horizon 64}
