@@ -27,6 +27,7 @@ The table comes last; --json writes everything.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -59,6 +60,9 @@ class Setup:
         from sim.autoencoder import tensor_to_frames  # noqa: PLC0415
         from sim.distill import student_levels  # noqa: PLC0415
         from sim.graphs import DecodeGraphs, FrameGraphs  # noqa: PLC0415
+        # the Setup before this one holds CUDA graphs in reference cycles (its lambdas): free them now,
+        # not when the collector happens to run inside this one's autotuning captures
+        gc.collect()
         self.mode, self.model, self.B = mode, model, B
         cfg = model.cfg
         dev, dt = model.pos_embed.device, model.pos_embed.dtype

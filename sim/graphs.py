@@ -24,6 +24,8 @@ another's.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from typing import Callable, Sequence
 
 import torch
@@ -39,6 +41,25 @@ def bucket_sizes(max_batch: int) -> list[int]:
         sizes.append(b)
         b *= 2
     return sizes + [max_batch]
+
+
+@contextlib.contextmanager
+def no_garbage_collection():
+    """Collect now, then no cyclic garbage collection until the block ends.
+
+    A CUDA graph that dies in a reference cycle is freed whenever the collector next runs; if
+    that is inside a capture (ours, or the one Triton's autotuner makes to time a config), its
+    destructor's CUDA calls are not permitted there and invalidate the capture
+    (cudaErrorStreamCaptureInvalidated). Graphs, pools and autotuning must not meet a collection.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class BucketedGraphs:
@@ -76,17 +97,18 @@ class BucketedGraphs:
             self.fn(*static)
             self._graphs[b] = (None, static, [])
             return
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # a pool of its own: outputs live until this bucket replays; thread-local, so CUDA calls of
-        # other threads (a DataLoader's pin-memory thread) cannot break the capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = list(self.fn(*static))
+        with no_garbage_collection():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):  # Triton autotuning runs here, in graphs of its own
+                    self.fn(*static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # a pool of its own: outputs live until this bucket replays; thread-local, so CUDA calls of
+            # other threads (a DataLoader's pin-memory thread) cannot break the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = list(self.fn(*static))
         self._graphs[b] = (graph, static, outputs)
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

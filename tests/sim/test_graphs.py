@@ -131,3 +131,35 @@ def test_a_students_noise_depends_on_its_frame_not_on_steps_spent(tiny_student_c
         sim.step(actions(1, 0))
         states.append(sim._generators[0].get_state())
     assert torch.equal(*states), "one frame takes k_max draws whatever its step count"
+
+
+def test_no_garbage_collection_frees_cycles_first_and_holds_the_collector_off():
+    """Graphs dying in a reference cycle must be freed before a capture, never inside one."""
+    import gc
+    import weakref
+
+    from sim.graphs import no_garbage_collection
+
+    class Holder:  # stands in for an object owning CUDA graphs, kept alive only by a cycle
+        pass
+
+    h = Holder()
+    h.me = h
+    alive = weakref.ref(h)
+    del h
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        with no_garbage_collection():
+            assert alive() is None  # collected on entry
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        with pytest.raises(RuntimeError), no_garbage_collection():
+            raise RuntimeError("a failed capture")
+        assert gc.isenabled()  # restored after a failure too
+        gc.disable()
+        with no_garbage_collection():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable() if was_enabled else gc.disable()
