@@ -3,6 +3,7 @@
     python -m sim.bench                                  # the shipped maze model, batch 1 8 32 64
     python -m sim.bench --batch 1 32 --modes eager triton+graphs --check
     python -m sim.bench --engine sim/weights/maze        # + the engine's own latency per frame
+    python -m sim.bench --batch 64 --modes triton+graphs --engine STUDENT --engine-sessions 1 64 --engine-profile
 
 Per batch size B (sessions) and mode, the median of CUDA-event timings after warm-up:
   step   one denoising pass of the DiT for B sessions against the KV cache (`forward_frame`);
@@ -21,7 +22,9 @@ mode that launches slower than the GPU computes is charged for it, as a player w
 Triton backend against the torch backend, graph replays against eager calls, and an engine
 frame with sessions leaving at different steps against the same sessions one by one.
 --engine also times `WorldSim.step` end to end (host copies included) for one player with
-adaptive steps, as `play.py` drives it: latency p50/p99 and steps per frame.
+adaptive steps, as `play.py` drives it: latency p50/p99 and steps per frame; --engine-sessions
+N... repeats it with N sessions in each step (the server's batch: frames/s); --engine-profile
+adds where a frame goes (device busy time against wall time, the heaviest host operators).
 The table comes last; --json writes everything.
 """
 from __future__ import annotations
@@ -222,39 +225,94 @@ def check_engine(checkpoint: str, device, frames: int = 6) -> list[tuple[str, fl
 
 
 @torch.no_grad()
-def engine_latency(checkpoint: str, device, frames: int, tau: float) -> dict:
-    """One player, adaptive steps, through WorldSim.step as play.py drives it: latency per frame."""
+def engine_latency(checkpoint: str, device, frames: int, tau: float, sessions: int = 1,
+                   profile: bool = False, warmup: int = 20, profile_frames: int = 20) -> dict:
+    """`sessions` players (one by default), adaptive steps, through WorldSim.step as play.py and the
+    server drive it: latency per frame (all sessions' frames in one step) and frames/s.
+
+    profile: also run `profile_frames` more frames under torch.profiler and report where the frame goes: the
+    device's busy time per frame (sum of its kernels and copies) against the wall time, and the
+    host's heaviest operators by their own CPU time (what the rest is)."""
     import scenes  # noqa: PLC0415
     from sim.engine import WorldSim  # noqa: PLC0415
     ops.set_backend("auto")
-    sim = WorldSim.load(checkpoint, num_sessions=1, device=device, seed=0)
+    device = torch.device(device)
+    sim = WorldSim.load(checkpoint, num_sessions=sessions, device=device, seed=0)
     if sim.few_step:
         sim.use_adaptive_steps(tau)
-    game = scenes.make_batch(sim.scene or "maze", 1, width=sim.frame_shape[1], height=sim.frame_shape[0])
-    game.reset(np.array([10 ** 9]))
+    game = scenes.make_batch(sim.scene or "maze", sessions, width=sim.frame_shape[1], height=sim.frame_shape[0])
+    game.reset(10 ** 9 + np.arange(sessions))
     policy = scenes.make_policy(game, "explore", seed=0)
-    K = sim.context_frames
     fr, ac = [], []
-    for _ in range(K):
-        a = policy(game)
+    for _ in range(sim.context_frames):
+        a = np.asarray(policy(game), np.float32).reshape(sessions, -1)
         game.step(a)
         fr.append(game.render())
-        ac.append(np.asarray(a, np.float32))
+        ac.append(a)
     sim.reset(np.stack(fr, 1), np.stack(ac, 1))
     lat, steps = [], []
-    for t in range(frames + 20):
-        a = np.asarray(policy(game), np.float32)
+
+    def step(record: bool) -> None:
+        a = np.asarray(policy(game), np.float32).reshape(sessions, -1)
         game.step(a)
         t0 = time.perf_counter()
         _, rep = sim.step(a)
-        if t >= 20:  # after warm-up (graph captures, autotuning)
+        if record:
             lat.append((time.perf_counter() - t0) * 1e3)
-            steps.append(rep[0]["steps"])
+            steps.extend(r["steps"] for r in rep)
+
+    for t in range(frames + warmup):
+        step(record=t >= warmup)  # after warm-up (graph captures, autotuning)
+    lat_np = np.asarray(lat)
+    out = {"frames": frames, "sessions": sessions, "tau": tau if sim.few_step else None,
+           "p50_ms": float(np.percentile(lat_np, 50)), "p99_ms": float(np.percentile(lat_np, 99)),
+           "frames_per_s": float(sessions * 1e3 / np.mean(lat_np)), "mean_steps": float(np.mean(steps)),
+           "steps_histogram": np.bincount(steps).tolist()}
+    if profile:
+        out["profile"] = profile_engine(step, device, frames=profile_frames)
     ops.set_backend("torch")
-    lat = np.asarray(lat)
-    return {"frames": frames, "tau": tau if sim.few_step else None, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "mean_steps": float(np.mean(steps)),
-            "steps_histogram": np.bincount(steps).tolist()}
+    return out
+
+
+def profile_engine(step, device: torch.device, frames: int = 20, top: int = 12) -> dict:
+    """Where an engine frame goes, from torch.profiler over `frames` calls of step(record=False)."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(frames):
+            step(record=False)
+        if cuda:
+            torch.cuda.synchronize(device)
+    wall_ms = (time.perf_counter() - t0) * 1e3 / frames
+    events = prof.key_averages()
+    device_us = 0.0
+    if cuda:  # device-side events: kernels and memcpys/memsets (a graph replay's kernels included)
+        for e in events:
+            if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type):
+                device_us += e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+    host = [e for e in events if e.self_cpu_time_total > 0]
+    host.sort(key=lambda e: -e.self_cpu_time_total)
+    return {"frames": frames, "wall_ms_per_frame": wall_ms,
+            "device_busy_ms_per_frame": device_us / 1e3 / frames if cuda else None,
+            "host_ops": [{"op": e.key[:80], "calls_per_frame": e.count / frames,
+                          "self_cpu_ms_per_frame": e.self_cpu_time_total / 1e3 / frames} for e in host[:top]]}
+
+
+def format_engine(e: dict) -> list[str]:
+    who = "one player" if e["sessions"] == 1 else f"{e['sessions']} sessions"
+    how = f"adaptive tau {e['tau']}" if e["tau"] is not None else "fixed steps"
+    lines = [f"engine, {who}, {how}: frame latency p50 {e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, "
+             f"{e['frames_per_s']:.0f} frames/s, {e['mean_steps']:.2f} steps/frame over {e['frames']} frames"]
+    prof = e.get("profile")
+    if prof:
+        busy = prof["device_busy_ms_per_frame"]
+        lines.append(f"  under the profiler: {prof['wall_ms_per_frame']:.2f} ms per frame"
+                     + (f", device busy {busy:.2f} ms of it" if busy is not None else "")
+                     + "; host operators by own CPU time per frame:")
+        lines += [f"    {r['self_cpu_ms_per_frame']:7.3f} ms  x{r['calls_per_frame']:6.1f}  {r['op']}" for r in prof["host_ops"]]
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -270,6 +328,10 @@ def main(argv=None) -> dict:
     p.add_argument("--engine", default=None, metavar="CHECKPOINT", help="also time WorldSim.step for one player")
     p.add_argument("--engine-frames", type=int, default=300)
     p.add_argument("--tau", type=float, default=0.8, help="adaptive threshold for --engine")
+    p.add_argument("--engine-sessions", type=int, nargs="+", default=[1], metavar="N",
+                   help="sessions per engine step for --engine (e.g. 1 64: one player, then the server's full batch)")
+    p.add_argument("--engine-profile", action="store_true",
+                   help="with --engine: also profile 20 frames (device busy time against wall time, heaviest host operators)")
     p.add_argument("--profile", nargs="+", default=[], metavar="MODE:B",
                    help="also list the kernels of one step of these (mode, batch) pairs, e.g. triton+graphs:1")
     p.add_argument("--json", default=None, metavar="FILE")
@@ -324,7 +386,9 @@ def main(argv=None) -> dict:
             print(f"  {r['us_per_step']:8.1f} us  x{r['per_step']:5.1f}  {r['kernel']}")
     ops.set_backend("torch")
     if args.engine:
-        report["engine"] = engine_latency(args.engine, device, args.engine_frames, args.tau)
+        report["engines"] = [engine_latency(args.engine, device, args.engine_frames, args.tau, sessions=n,
+                                            profile=args.engine_profile) for n in args.engine_sessions]
+        report["engine"] = report["engines"][0]
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(format_table(report))
@@ -352,10 +416,8 @@ def format_table(report: dict) -> str:
                 return f"{other[what]['median_ms'] / r[what]['median_ms']:6.2f}" if what in other else f"{'-':>6}"
             lines.append(f"{B:>3} {m:<14} {r['step']['median_ms']:9.3f} {ratio(base, 'step')} {ratio(comp, 'step')} "
                          f"{r['frame']['median_ms']:9.3f} {ratio(base, 'frame')} {ratio(comp, 'frame')}")
-    if "engine" in report:
-        e = report["engine"]
-        lines.append(f"engine, one player, adaptive tau {e['tau']}: frame latency p50 {e['p50_ms']:.2f} ms, "
-                     f"p99 {e['p99_ms']:.2f} ms, {e['mean_steps']:.2f} steps/frame over {e['frames']} frames")
+    for e in report.get("engines", [report["engine"]] if "engine" in report else []):
+        lines += format_engine(e)
     return "\n".join(lines)
 
 

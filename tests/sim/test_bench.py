@@ -41,3 +41,17 @@ def test_check_passes_and_catches_a_wrong_fast_path(tiny, tiny_student_checkpoin
     monkeypatch.setattr(triton_ops, "linear_gated_residual", lambda *a: real(*a) + 0.1)
     with pytest.raises(AssertionError, match="B1 triton"):
         bench.check(model, ae, torch.device("cpu"), batches=(1,))
+
+
+def test_engine_latency_times_batched_sessions_and_says_where_a_frame_goes(tiny_student_checkpoint):
+    e = bench.engine_latency(tiny_student_checkpoint, "cpu", frames=4, tau=0.8, sessions=2, profile=True,
+                             warmup=1, profile_frames=3)
+    assert e["sessions"] == 2 and e["frames"] == 4 and e["tau"] == 0.8
+    assert 0 < e["p50_ms"] <= e["p99_ms"] and e["frames_per_s"] > 0
+    assert sum(e["steps_histogram"]) == 2 * 4 and 1 <= e["mean_steps"] <= 4
+    prof = e["profile"]
+    assert prof["device_busy_ms_per_frame"] is None  # no device on the CPU: host operators only
+    assert prof["wall_ms_per_frame"] > 0 and prof["host_ops"]
+    assert all(r["self_cpu_ms_per_frame"] > 0 and r["calls_per_frame"] > 0 for r in prof["host_ops"])
+    text = "\n".join(bench.format_engine(e))
+    assert "2 sessions" in text and "host operators" in text
