@@ -1,6 +1,7 @@
 """The server's own cost, with the engine taken out (controls.bench_server.FakeEngine): replies packed
 in one reused buffer arrive intact, a waiting batch does not spin, and the fake-engine bench runs."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -56,9 +57,13 @@ def test_a_batch_waiting_for_its_deadline_does_not_spin(serve_fake):
         a, _, _ = waiting.reset(seed=1)
         b, _, _ = idle.reset(seed=2)
         idle.step([0] * 6, b)  # live: the next batch waits for it until the deadline
+        # a reply leaves mid-turn and the turn's busy time is added after it: let the loop finish
+        # the turn (the resets' world generation) before reading, and the step's turn after
+        time.sleep(0.1)
         turns.clear()
         busy = server.busy_s
         info = waiting.step([0] * 6, a)[4]
+        time.sleep(0.1)
     assert info["batch"] == 1 and info["wall_ms"] >= 25
     # poll waits are whole milliseconds: the loop wakes a few times, not on every poll(0) of the last one
     assert len(turns) < 10, f"{len(turns)} turns of the loop while one batch waited 30 ms"
