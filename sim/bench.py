@@ -252,14 +252,17 @@ def engine_latency(checkpoint: str, device, frames: int, tau: float, sessions: i
     sim.reset(np.stack(fr, 1), np.stack(ac, 1))
     lat, steps = [], []
 
-    def step(record: bool) -> None:
+    def step(record: bool) -> float:
+        """One engine frame (the scenes' own step outside the timing); its ms."""
         a = np.asarray(policy(game), np.float32).reshape(sessions, -1)
         game.step(a)
         t0 = time.perf_counter()
         _, rep = sim.step(a)
+        ms = (time.perf_counter() - t0) * 1e3
         if record:
-            lat.append((time.perf_counter() - t0) * 1e3)
+            lat.append(ms)
             steps.extend(r["steps"] for r in rep)
+        return ms
 
     for t in range(frames + warmup):
         step(record=t >= warmup)  # after warm-up (graph captures, autotuning)
@@ -275,17 +278,13 @@ def engine_latency(checkpoint: str, device, frames: int, tau: float, sessions: i
 
 
 def profile_engine(step, device: torch.device, frames: int = 20, top: int = 12) -> dict:
-    """Where an engine frame goes, from torch.profiler over `frames` calls of step(record=False)."""
+    """Where an engine frame goes, from torch.profiler over `frames` calls of step(record=False),
+    which returns the engine's own ms (the frame leaves the device before it returns)."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        for _ in range(frames):
-            step(record=False)
-        if cuda:
-            torch.cuda.synchronize(device)
-    wall_ms = (time.perf_counter() - t0) * 1e3 / frames
+        wall_ms = sum(step(record=False) for _ in range(frames)) / frames
     events = prof.key_averages()
     device_us = 0.0
     if cuda:  # device-side events: kernels and memcpys/memsets (a graph replay's kernels included)
