@@ -324,7 +324,9 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
     failed = [seed for seed, r in results.items() if r is None]
     if failed:
         raise RuntimeError(f"{len(failed)} of {sessions} clients failed; see the errors above")
-    delta = {k: after[k] - before[k] for k in ("frames", "batches", "engine_step_s", "overhead_s", "busy_s")}
+    delta = {k: after[k] - before[k] for k in ("frames", "batches", "engine_step_s", "overhead_s", "busy_s",
+                                                "bodies_s", "replies_s")}
+    per_batch = 1e3 / max(delta["batches"], 1)
     rt = np.concatenate([np.asarray(r["round_trips"]) for r in results.values()]) * 1e3
     frames = len(rt)
     histogram: dict[int, int] = {}
@@ -340,6 +342,11 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
             "overhead_ms_per_batch": 1e3 * delta["overhead_s"] / max(delta["batches"], 1),
             "overhead_us_per_frame": 1e6 * delta["overhead_s"] / max(delta["frames"], 1),
             "overhead_share": delta["overhead_s"] / max(delta["engine_step_s"], 1e-9),
+            # the overhead in three parts, ms per batch: reply bodies (info, recording), packing and
+            # sending the replies, and the rest (receiving, unpacking, checks, batching, bookkeeping)
+            "overhead_parts_ms_per_batch": {
+                "bodies": per_batch * delta["bodies_s"], "replies": per_batch * delta["replies_s"],
+                "receive_and_rest": per_batch * max(0.0, delta["overhead_s"] - delta["bodies_s"] - delta["replies_s"])},
             "server_busy_share": delta["busy_s"] / elapsed}
 
 
@@ -439,6 +446,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {args.sessions} sessions: engine {many['engine_ms_per_batch']:.2f} ms/batch, server overhead "
           f"{many['overhead_ms_per_batch']:.2f} ms/batch ({many['overhead_us_per_frame']:.1f} us per frame), "
           f"steps per frame {many['steps_histogram']}")
+    parts = many["overhead_parts_ms_per_batch"]
+    print(f"  overhead per batch: reply bodies {parts['bodies']:.2f} ms, packing + sending replies "
+          f"{parts['replies']:.2f} ms, receiving + checks + batching {parts['receive_and_rest']:.2f} ms; "
+          f"server busy {100 * many['server_busy_share']:.1f}% of the phase")
     print(table([one, many]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

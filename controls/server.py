@@ -488,6 +488,8 @@ class Server:
         self.started = time.perf_counter()
         self.requests = self.errors = 0
         self.busy_s = 0.0          # handling time, poll waits excluded
+        self.bodies_s = 0.0        # of it, building a batch's reply bodies (run_steps outside engine.step)
+        self.replies_s = 0.0       # of it, packing and sending a batch's replies
         self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
         self.step_wall_ms: deque[float] = deque(maxlen=4096)
 
@@ -649,15 +651,19 @@ class Server:
         self._batched = set()
         start = time.perf_counter()
         self.batch_wait_s += start - min(p.received for p in batch)
+        engine_before = self.host.engine_step_s
         try:
             results: list = self.host.run_steps([p.ticket for p in batch], start)
         except Exception as e:
             traceback.print_exc()
             results = [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * len(batch)
+        built = time.perf_counter()
+        self.bodies_s += built - start - (self.host.engine_step_s - engine_before)
         for p, result in zip(batch, results):
             self._reply(p, result)
             if isinstance(result, dict):
                 self.step_wall_ms.append(result["info"]["wall_ms"])
+        self.replies_s += time.perf_counter() - built
         owners = {p.envelope[0] for p in batch}
         now = time.perf_counter()
         for owner in owners:
@@ -708,6 +714,7 @@ class Server:
         wall = np.asarray(self.step_wall_ms) if self.step_wall_ms else np.zeros(1)
         return {"uptime_s": uptime, "clients": len(self.clients), "requests": self.requests, "errors": self.errors,
                 "frames_per_s": self.host.frames / max(uptime, 1e-9), "busy_s": self.busy_s, "overhead_s": overhead,
+                "bodies_s": self.bodies_s, "replies_s": self.replies_s,
                 "overhead_share": overhead / max(self.host.engine_step_s, 1e-9),
                 "batch_wait_ms_mean": 1e3 * self.batch_wait_s / max(self.host.batches, 1),
                 "step_wall_ms_p50": float(np.percentile(wall, 50)), "step_wall_ms_p99": float(np.percentile(wall, 99)),

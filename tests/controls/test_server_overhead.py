@@ -76,6 +76,12 @@ def test_the_fake_engine_bench_measures_the_server_alone(capsys):
     assert result["server"] == "in-process thread" and result["clients"] == "multiplexed"
     assert result["frame_shape"] == [128, 128, 3] and many["sessions"] == 4 and many["frames"] > 0
     assert many["overhead_us_per_frame"] > 0 and many["steps_histogram"] == {"4": many["frames"]}
-    assert "us per frame" in capsys.readouterr().out
+    parts = many["overhead_parts_ms_per_batch"]
+    assert parts["replies"] > 0 and parts["bodies"] > 0 and parts["receive_and_rest"] >= 0
+    # the parts split the overhead: together they are it (the rest is clipped at zero)
+    assert parts["bodies"] + parts["replies"] <= many["overhead_ms_per_batch"] + 1e-6
+    assert abs(sum(parts.values()) - many["overhead_ms_per_batch"]) < 1e-6 or parts["receive_and_rest"] == 0
+    out = capsys.readouterr().out
+    assert "us per frame" in out and "packing + sending replies" in out
     with pytest.raises(SystemExit):
         bench(["--fake-engine", "--steps", "2"])
