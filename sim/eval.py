@@ -953,6 +953,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-steps", type=int, default=32, help="the --teacher's Euler steps per frame")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA graphs for the engine's step (default: on with CUDA)")
+    p.add_argument("--context-noise", type=float, default=None, metavar="LEVEL",
+                   help="commit each finished frame to the cache labelled with this noise level (the "
+                        "teacher saw context at levels 0-0.1 in training; default: the checkpoint's, 0)")
     p.add_argument("--long", type=int, default=None, metavar="N",
                    help="instead of the tables above: a free rollout of N frames per seed beside the real scene, "
                         "sharpness and colour per window against the real frames' (eval.json['long_rollout'], "
@@ -975,6 +978,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--shares must lie in (0, 1), got {args.shares}")
     if args.shares and args.long:
         p.error("--shares are not measured with --long")
+    if args.context_noise is not None and not 0.0 <= args.context_noise < 1.0:
+        p.error(f"--context-noise must lie in [0, 1), got {args.context_noise}")
     return args
 
 
@@ -993,6 +998,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             reference = (f"teacher{args.teacher_steps}", teacher)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError and says what to do
         sys.exit(f"error: {e}")
+    if args.context_noise is not None:
+        sim.sampler.context_noise = args.context_noise
     if args.dsa and not getattr(sim, "few_step", False):
         sys.exit(f"error: --dsa measures a distilled student; {checkpoint} is a many-step teacher")
     scene = args.scene or sim.scene
@@ -1007,6 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{len(seeds)} seeds, {what}")
     config = {"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
               "device": str(getattr(sim, "device", args.device)),
+              "context_noise": float(getattr(getattr(sim, "sampler", None), "context_noise", 0.0)),
               "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.long:
         report = run_long(sim, scene, seeds, args.long, args.long_window, context=args.context, policies=args.policies,

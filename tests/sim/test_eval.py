@@ -302,3 +302,15 @@ def test_shares_need_the_dsa_eval():
         ev.parse_args(["--shares", "0.3"])
     with pytest.raises(SystemExit):
         ev.parse_args(["--dsa", "--shares", "1.5"])
+
+
+def test_context_noise_labels_the_committed_frames_and_changes_what_follows(tiny_checkpoint, tmp_path):
+    common = ["--checkpoint", str(tiny_checkpoint), "--seeds", "1", "--horizon", "3", "--steps", "1",
+              "--policies", "explore", "--device", "cpu"]
+    clean = ev.main(common + ["--out", str(tmp_path / "clean")])
+    noisy = ev.main(common + ["--context-noise", "0.1", "--out", str(tmp_path / "noisy")])
+    assert clean["config"]["context_noise"] == 0.0 and noisy["config"]["context_noise"] == pytest.approx(0.1)
+    psnr = [r["results"]["explore"]["steps1"]["rollout"]["psnr"] for r in (clean, noisy)]
+    assert psnr[0] != psnr[1]  # the cache holds different K/V, so the rollout differs
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--context-noise", "1.5"])
