@@ -338,8 +338,8 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
             "mean_batch_size": delta["frames"] / max(delta["batches"], 1),
             "mean_steps": sum(k * n for k, n in histogram.items()) / max(frames, 1),
             "steps_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-            "engine_ms_per_batch": 1e3 * delta["engine_step_s"] / max(delta["batches"], 1),
-            "overhead_ms_per_batch": 1e3 * delta["overhead_s"] / max(delta["batches"], 1),
+            "engine_ms_per_batch": per_batch * delta["engine_step_s"],
+            "overhead_ms_per_batch": per_batch * delta["overhead_s"],
             "overhead_us_per_frame": 1e6 * delta["overhead_s"] / max(delta["frames"], 1),
             "overhead_share": delta["overhead_s"] / max(delta["engine_step_s"], 1e-9),
             # the overhead in three parts, ms per batch: reply bodies (info, recording), packing and

@@ -289,8 +289,8 @@ def profile_engine(step, device: torch.device, frames: int = 20, top: int = 12) 
     device_us = 0.0
     if cuda:  # device-side events: kernels and memcpys/memsets (a graph replay's kernels included)
         for e in events:
-            if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type):
-                device_us += e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+            if "CUDA" in str(getattr(e, "device_type", "")):
+                device_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
     host = [e for e in events if e.self_cpu_time_total > 0]
     host.sort(key=lambda e: -e.self_cpu_time_total)
     return {"frames": frames, "wall_ms_per_frame": wall_ms,
@@ -415,7 +415,7 @@ def format_table(report: dict) -> str:
                 return f"{other[what]['median_ms'] / r[what]['median_ms']:6.2f}" if what in other else f"{'-':>6}"
             lines.append(f"{B:>3} {m:<14} {r['step']['median_ms']:9.3f} {ratio(base, 'step')} {ratio(comp, 'step')} "
                          f"{r['frame']['median_ms']:9.3f} {ratio(base, 'frame')} {ratio(comp, 'frame')}")
-    for e in report.get("engines", [report["engine"]] if "engine" in report else []):
+    for e in report.get("engines", []):
         lines += format_engine(e)
     return "\n".join(lines)
 
