@@ -13,7 +13,8 @@ python_train() {
 # Then, for each student: python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
 # policies, fixed k = 1..4 and adaptive taus (A also with the teacher at 32 steps on the same clips).
 # STUDENTS ("A B" by default; "A" trains A alone, with the whole GPU) picks which to train.
-# TRAIN_FLAGS and EVAL_FLAGS (default "--seeds 16 --horizon 64") override either (a CPU dry run).
+# TRAIN_FLAGS and EVAL_FLAGS (default "--seeds 16 --horizon 64") override either (a CPU dry run);
+# EVAL=0 skips the eval (a student for the engine and server benches only).
 # Everything lands in runs/dsa/; poll copies into $OUT: results.tar (eval.json, dsa.png,
 # rollout.png, metrics, logs of both) and each student as bf16 in 15 MB parts (ckpt-A.tar.*, ckpt-B.tar.*).
 source .ci/gpu/setup.sh
@@ -32,6 +33,7 @@ start)
     case '$STUDENTS' in *A*) python_train --out runs/maze-a > $DSA/train-A.log 2>&1 & ;; esac
     case '$STUDENTS' in *B*) python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 & ;; esac
     wait; touch $DSA/TRAINED
+    [ '${EVAL:-1}' = 0 ] && { touch $DSA/DONE; exit 0; }
     case '$STUDENTS' in *A*) python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER \
       --teacher-steps 32 --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 ;; esac
     case '$STUDENTS' in *B*) python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS \
