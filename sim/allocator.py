@@ -158,6 +158,17 @@ class StepAllocator:
                 done[:] = True
         return done
 
+    def decided(self, k: int) -> bool | None:
+        """After step k, is the outcome the same for every session whatever its confidence (True:
+        all stop, False: all go on), or does it need the confidences (None)? When decided, the
+        engine launches what comes next without waiting to read the confidences back."""
+        cfg = self.cfg
+        if k >= cfg.k_max:
+            return True
+        if cfg.mode == "fixed":
+            return k >= cfg.fixed_steps
+        return None
+
     def can_start(self, k: int, batch: int, frame_batch: int) -> bool:
         """May step k (1-based) start for `batch` sessions? Step 1 always runs: a frame needs one."""
         if self.cfg.mode != "budget" or k == 1:

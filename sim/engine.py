@@ -76,6 +76,7 @@ class WorldSim:
         if self.few_step:
             k_max = int(few_step["k_max"])
             self.levels = student_levels(k_max, float(few_step["shift"]), self.device)
+            self._levels_x = self.levels.to(self.dtype)  # the same levels in the latents' dtype, for their arithmetic
             self.cache_last_step = bool(few_step.get("cache_last_step", False))
             self.allocator = StepAllocator(AllocatorConfig(k_max=k_max, fixed_steps=k_max))
             self.set_allocator(allocator or self.allocator.cfg)
@@ -255,45 +256,54 @@ class WorldSim:
 
         While every session is still in, the step runs on the whole batch with no gathers or
         scatters (the usual case for one player); the arithmetic is the same either way, so a
-        session's frame does not depend on which path its batch took."""
-        alloc, levels = self.allocator, self.levels
-        B = rows.numel()
+        session's frame does not depend on which path its batch took. The host waits for a
+        step's confidences only when the allocator needs them to decide: after the last step
+        (k_max, or a fixed k) the next launches go out at once, and every confidence is read
+        back with the frames."""
+        alloc, levels, lx = self.allocator, self.levels, self._levels_x
+        B, k_max = rows.numel(), alloc.cfg.k_max
         alloc.begin_frame()
         t0 = time.perf_counter()
         # every frame takes k_max draws from each session's stream, whatever it spends: a session's
         # noise then depends on its seed and frame number only, not on how many steps earlier
         # frames took (so settings compared on the same seeds see the same noise)
-        noise = self._noise(ids, alloc.cfg.k_max)  # (B, k_max, C, h, w)
+        noise = self._noise(ids, k_max)  # (B, k_max, C, h, w)
         x = noise[:, 0].clone()
         x0 = torch.empty_like(x)
+        conf_all = torch.zeros(B, k_max, device=self.device)  # step k's confidences in column k-1
         steps = np.zeros(B, dtype=np.int64)
-        traces: list[list[float]] = [[] for _ in range(B)]
         active = np.arange(B)
-        for k in range(1, alloc.cfg.k_max + 1):
+        for k in range(1, k_max + 1):
             if not alloc.can_start(k, len(active), B):
                 break
             t_step = time.perf_counter()
+            full = len(active) == B
+            idx = None if full else torch.as_tensor(active, device=self.device)
             s = levels[k - 1].expand(len(active))
-            if len(active) == B:
+            if full:
                 v, conf = self.net.forward_frame(x, s, a, self.cache, rows)
-                torch.sub(x, levels[k - 1] * v, out=x0)
+                torch.addcmul(x, v, lx[k - 1], value=-1.0, out=x0)  # x0 = x - s v
+                conf_all[:, k - 1] = conf
             else:
-                idx = torch.as_tensor(active, device=self.device)
                 v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
-                x0[idx] = x[idx] - levels[k - 1] * v
-            conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
-            alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
+                x0[idx] = torch.addcmul(x[idx], v, lx[k - 1], value=-1.0)
+                conf_all[idx, k - 1] = conf
             steps[active] = k
-            for i, c in zip(active, conf_np):
-                traces[i].append(float(c))
-            still = active[~alloc.stop(k, conf_np, B)]
+            decided = alloc.decided(k)
+            if decided is None:  # the allocator reads this step's confidences: wait for them
+                conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
+                alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
+                still = active[~alloc.stop(k, conf_np, B)]
+            else:
+                still = active[:0] if decided else active
             if not len(still):
                 break
+            # the next step's input: x0 noised back to level k, from this step's own draw
             if len(still) == B:
-                x = (1 - levels[k]) * x0 + levels[k] * noise[:, k]
+                torch.lerp(x0, noise[:, k], lx[k], out=x)
             else:
                 idx = torch.as_tensor(still, device=self.device)
-                x[idx] = (1 - levels[k]) * x0[idx] + levels[k] * noise[idx, k]
+                x[idx] = torch.lerp(x0[idx], noise[idx, k], lx[k])
             active = still
         t_finish = time.perf_counter()
         if observe is not None:
@@ -302,13 +312,17 @@ class WorldSim:
             self.cache.advance(rows)  # each session's slot already holds its exit step's K/V
         else:
             commit_frame(self.net, self.cache, x0, a, self.sampler, rows)
-        frames = self.decode(x0)
+        frames = self.decode(x0)  # the copy to host synchronises the device
+        conf_host = conf_all.cpu().numpy()
         alloc.cost.record_finish(B, (time.perf_counter() - t_finish) * 1e3)
         alloc.end_frame(steps)
         latency_ms = (time.perf_counter() - t0) * 1e3
-        reports = [{"steps": int(steps[i]), "passes": int(steps[i]) + (0 if self.cache_last_step and observe is None else 1),
-                    "latency_ms": latency_ms, "confidence": traces[i][-1], "confidence_trace": traces[i]}
-                   for i in range(B)]
+        passes = steps + (0 if self.cache_last_step and observe is None else 1)
+        reports = []
+        for i in range(B):
+            trace = conf_host[i, :steps[i]].tolist()
+            reports.append({"steps": int(steps[i]), "passes": int(passes[i]), "latency_ms": latency_ms,
+                            "confidence": trace[-1], "confidence_trace": trace})
         return frames, reports
 
     def snapshot(self, session: int) -> dict:

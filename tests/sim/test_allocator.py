@@ -128,3 +128,18 @@ def test_bad_per_step_thresholds_are_refused():
         calibrate_tau_steps([[0.1, 0.2, 0.3]], share=1.0, k_max=3)
     with pytest.raises(ValueError, match="traces"):
         calibrate_tau_steps([[0.1]], share=0.5, k_max=3)
+
+
+def test_decided_says_when_no_confidence_is_needed():
+    adaptive = StepAllocator(AllocatorConfig(mode="adaptive", k_min=1, k_max=4, tau=0.5))
+    assert [adaptive.decided(k) for k in (1, 2, 3, 4)] == [None, None, None, True]
+    fixed = StepAllocator(AllocatorConfig(mode="fixed", k_max=4, fixed_steps=2))
+    assert [fixed.decided(k) for k in (1, 2, 3)] == [False, True, True]
+    budget = StepAllocator(AllocatorConfig(mode="budget", k_max=3, budget_ms=5.0))
+    assert [budget.decided(k) for k in (1, 2, 3)] == [None, None, True]
+    # where it decides, stop() agrees for any confidences
+    for alloc in (adaptive, fixed):
+        for k in (1, 2, 3, 4):
+            d = alloc.decided(k)
+            if d is not None and k <= alloc.cfg.k_max:
+                assert alloc.stop(k, np.array([0.0, 1.0]), 2).tolist() == [d, d]

@@ -153,3 +153,19 @@ def test_few_step_reports_carry_the_confidence_trace(tiny_student_checkpoint):
     for r in reports:
         assert r["steps"] == 3 and len(r["confidence_trace"]) == 3 and r["passes"] == 4
         assert all(0.0 < c < 1.0 for c in r["confidence_trace"]) and r["confidence"] == r["confidence_trace"][-1]
+
+
+def test_steps_decided_without_reading_confidence_report_the_same_traces(tiny_student_checkpoint):
+    """Fixed k launches step after step without reading the confidences back; adaptive with a tau no
+    session reaches reads them after every step. Same seeds: same frames, same traces."""
+    f, a = prompt(2, seed=3)
+    runs = []
+    for cfg in (AllocatorConfig(mode="fixed", k_max=4, fixed_steps=4), AllocatorConfig(mode="adaptive", k_max=4, tau=1.0)):
+        sim = WorldSim.load(tiny_student_checkpoint, num_sessions=2, device="cpu", allocator=cfg)
+        sim.reset(f, a, seeds=[5, 6])
+        runs.append([sim.step(actions(2, t)) for t in range(2)])
+    for (fixed_frames, fixed_reports), (adaptive_frames, adaptive_reports) in zip(*runs):
+        np.testing.assert_array_equal(fixed_frames, adaptive_frames)
+        for fr, ar in zip(fixed_reports, adaptive_reports):
+            assert fr["steps"] == ar["steps"] == 4
+            np.testing.assert_allclose(fr["confidence_trace"], ar["confidence_trace"], rtol=1e-6)
