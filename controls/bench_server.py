@@ -123,7 +123,8 @@ class ServerUnderTest:
         self.proc = self.thread = None
         if args.in_process or args.fake_engine:
             from controls.server import Host, Server, ServerConfig, configure_steps
-            config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms)
+            config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms,
+                                  overlap=not args.no_overlap, split_batches_at=args.split_batches_at)
             if args.fake_engine:
                 engine = FakeEngine(sessions)
                 self.steps_text = "a fake engine (no model)"
@@ -139,6 +140,8 @@ class ServerUnderTest:
             cmd = [sys.executable, "-m", "controls.server", "--checkpoint", str(checkpoint), "--bind", self.endpoint,
                    "--max-sessions", str(sessions), "--batch-wait-ms", str(args.batch_wait_ms)]
             cmd += ["--device", args.device] if args.device else []
+            cmd += ["--no-overlap"] if args.no_overlap else []
+            cmd += ["--split-batches-at", str(args.split_batches_at)]
             cmd += ["--steps", str(args.steps)] if args.steps is not None else []
             cmd += ["--tau", str(args.tau)] if args.tau is not None else []
             self.steps_text = None
@@ -378,6 +381,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "default: the checkpoint's own")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold of adaptive steps, in [0, 1]")
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--no-overlap", action="store_true", help="the server steps its engine on its loop's thread")
+    p.add_argument("--split-batches-at", type=int, default=32, metavar="N",
+                   help="the server's --split-batches-at (default 32; 0: never split)")
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")
     p.add_argument("--processes", action="store_true", help="one client process per session (default: threads)")
     p.add_argument("--multiplexed", action="store_true",

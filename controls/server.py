@@ -6,10 +6,19 @@ Two layers. `Host` is the engine side: it owns one WorldSim with `max_sessions` 
 sessions to free rows, prompts a session from the real scene, steps many sessions in one
 batched engine call, keeps snapshots and recordings; it knows nothing of sockets, so the
 in-process env (`controls.client.SimEnv(checkpoint=...)`) runs the very same code. `Server`
-is the socket side: one ROUTER socket and a single-threaded poll loop (so nothing races the
-engine) that unpacks requests under limits, keeps one reply per request in order per client,
-and gathers pending steps into one batch until every live session has one pending or the
-bounded wait (`--batch-wait-ms`, or a session's tighter latency budget) runs out.
+is the socket side: one ROUTER socket and a poll loop that unpacks requests under limits,
+keeps one reply per request in order per client, and gathers pending steps into one batch
+until every live session has one pending or the bounded wait (`--batch-wait-ms`, or a
+session's tighter latency budget) runs out.
+
+The engine steps a batch on a thread of its own (`EngineThread`) while the loop goes on with
+the sockets: the loop hands it a batch, handles what arrives meanwhile, and hears through an
+inproc socket when the frames are ready. The engine thread calls `Host.step_engine` and
+nothing else; every other piece of state (sessions, replies, recordings) is the loop's alone,
+and requests that use the engine (reset, snapshot, restore) wait until no batch is on it.
+With many sessions stepping (`--split-batches-at`), a batch takes half of them: the GPU
+steps one half while the loop sends the other half's replies and gathers its next requests,
+so neither waits for the other. `--no-overlap` runs the engine inline on the loop's thread.
 
 Sessions belong to the ZeroMQ identity of the connection that opened them, and their ids
 are random tokens: a client can neither name nor touch another client's session or snapshot.
@@ -22,8 +31,11 @@ import contextlib
 import dataclasses
 import ipaddress
 import secrets
+import math
+import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -46,6 +58,8 @@ LIVE_WINDOW_S = 0.25    # a session that asked for a step this recently is expec
 REAP_EVERY_S = 1.0
 HARD_SIZE_FACTOR = 8    # ZeroMQ drops the connection of a peer sending over factor x max_message_bytes
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # combined once (see Server._send)
+ENGINE_OPS = ("reset", "snapshot", "restore")  # requests that use the engine: never while a batch is on it
+SWITCH_INTERVAL_S = 2e-4  # how long one thread may hold the interpreter lock while the other waits for it
 
 
 @dataclass
@@ -65,6 +79,8 @@ class ServerConfig:
     curve_secret_key: str | None = None   # server certificate with its secret key (zmq.auth format)
     curve_allowed_keys: str | None = None  # folder of allowed clients' public certificates
     insecure: bool = False              # allow a non-loopback bind without CURVE
+    overlap: bool = True                # the engine steps on its own thread while the loop handles sockets
+    split_batches_at: int = 32          # this many sessions stepping or more: a batch takes half (0: never)
 
 
 # ---- the engine side --------------------------------------------------------------------------
@@ -325,19 +341,35 @@ class Host:
 
     def run_steps(self, tickets: list[StepTicket], now: float) -> list[dict]:
         """One batched engine step for sessions on distinct rows; one reply body per ticket."""
+        return self.finish_steps(tickets, *self.step_engine(self.engine_inputs(tickets, now)))
+
+    def engine_inputs(self, tickets: list[StepTicket], now: float) -> tuple[list[int], np.ndarray, float | None]:
+        """What `step_engine` needs, read from the sessions now: rows, actions [B, A], the tightest budget left."""
         rows = [t.session.row for t in tickets]
         actions = np.stack([t.action for t in tickets])
         budgets = [t.session.latency_budget_ms - (now - t.received) * 1e3
                    for t in tickets if t.session.latency_budget_ms is not None]
+        return rows, actions, (min(budgets) if budgets else None)
+
+    def step_engine(self, inputs: tuple[list[int], np.ndarray, float | None]) -> tuple[np.ndarray, list[dict], float]:
+        """The engine's part of a batch (the only code the engine thread runs): frames, reports, end time.
+
+        Touches the engine and its own counters, no session: the loop may handle requests meanwhile."""
+        rows, actions, budget_ms = inputs
         t0 = time.perf_counter()
-        with self._budget(min(budgets) if budgets else None):
+        with self._budget(budget_ms):
             frames, reports = self.engine.step(actions, sessions=rows)
         done = time.perf_counter()
         engine_ms = (done - t0) * 1e3
         self.engine_step_s += done - t0
         self.engine_ms_ema = engine_ms if self.engine_ms_ema is None else 0.8 * self.engine_ms_ema + 0.2 * engine_ms
         self.batches += 1
-        self.frames += len(tickets)
+        self.frames += len(rows)
+        return frames, reports, done
+
+    def finish_steps(self, tickets: list[StepTicket], frames: np.ndarray, reports: list[dict],
+                     done: float) -> list[dict]:
+        """The sessions' part of a batch, once the engine is through: ticks, recordings, reply bodies."""
         replies = []
         for t, frame, report in zip(tickets, frames, reports):
             s = t.session
@@ -454,6 +486,64 @@ class ClientState:
     inflight: list = field(default_factory=list)  # its steps in the batch being gathered
 
 
+class EngineThread:
+    """Runs one job at a time (a batch's `Host.step_engine`) on a thread of its own.
+
+    The loop `submit`s a job and polls `wake` beside its ROUTER socket: a message there says
+    the job is done, and `collect` returns its result (or raises what it raised, in the loop).
+    """
+
+    def __init__(self, context: zmq.Context):
+        self._address = f"inproc://dsa-sim-engine-{secrets.token_hex(4)}"
+        self.wake = context.socket(zmq.PAIR)
+        self.wake.setsockopt(zmq.LINGER, 0)
+        self.wake.bind(self._address)  # before the thread connects (inproc)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._result: tuple[Any, BaseException | None] | None = None
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, args=(context,), name="dsa-sim-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job) -> None:
+        if self.busy:
+            raise RuntimeError("the engine thread runs one job at a time")
+        self.busy = True
+        self._jobs.put(job)
+
+    def collect(self, timeout_s: float | None = None) -> Any:
+        """The finished job's result (waits up to timeout_s for it; None: forever)."""
+        if timeout_s is not None and not self.wake.poll(int(timeout_s * 1e3)):
+            raise TimeoutError(f"the engine did not finish its batch within {timeout_s:g} s")
+        self.wake.recv()
+        (result, error), self._result = self._result, None
+        self.busy = False
+        if error is not None:
+            raise error
+        return result
+
+    def _run(self, context: zmq.Context) -> None:
+        done = context.socket(zmq.PAIR)
+        done.setsockopt(zmq.LINGER, 0)
+        done.connect(self._address)
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    self._result = (job(), None)
+                except BaseException as e:  # delivered to the loop, which answers the batch with it
+                    self._result = (None, e)
+                done.send(b"")
+        finally:
+            done.close()
+
+    def close(self) -> None:
+        if self.busy:
+            with contextlib.suppress(Exception):
+                self.collect()
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+        self.wake.close()
+
+
 class Server:
     """The ROUTER socket and its poll loop. `serve()` runs until `stop()` (or SIGINT/SIGTERM in main)."""
 
@@ -482,6 +572,10 @@ class Server:
         self.clients: dict[bytes, ClientState] = {}
         self.batch: list[Pending] = []
         self._batched: set[int] = set()  # id() of each session with a step in the batch, kept beside it
+        self.engine = EngineThread(self.context) if self.config.overlap else None
+        self.running: list[Pending] = []  # the batch on the engine thread
+        self._inflight: set[int] = set()  # id() of each session whose step is on the engine, reply not yet sent
+        self._held: set[bytes] = set()  # clients whose next request uses the engine: advanced after the batch
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)  # one reply buffer, reused by `_send`
         self._deadline = float("inf")
         self._stop = False
@@ -491,6 +585,7 @@ class Server:
         self.bodies_s = 0.0        # of it, building a batch's reply bodies (run_steps outside engine.step)
         self.replies_s = 0.0       # of it, packing and sending a batch's replies
         self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
+        self.engine_inline_s = 0.0  # of busy_s, engine steps run on the loop's own thread (no overlap)
         self.step_wall_ms: deque[float] = deque(maxlen=4096)
 
     def _setup_curve(self):
@@ -519,25 +614,36 @@ class Server:
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        if self.engine is not None:
+            poller.register(self.engine.wake, zmq.POLLIN)
         last_reap = time.perf_counter()
+        # the engine thread wants the interpreter lock back as soon as the GPU answers: a short switch
+        # interval keeps the loop from holding it for the default 5 ms meanwhile
+        switch = sys.getswitchinterval()
+        if self.engine is not None:
+            sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         try:
             while not self._stop:
-                arrived = self._wait_for_requests(poller)
+                ready = self._wait_for_requests(poller)
                 t0 = time.perf_counter()
-                if arrived:
+                finished = self.engine is not None and self.engine.wake in ready
+                if self.socket in ready:
                     self._drain()
+                if finished:
+                    self._batch_done()
                 now = time.perf_counter()
-                if self.batch and self._batch_due(now):
+                if self.batch and not self.running and self._batch_due(now):
                     self._run_batch()
                 if now - last_reap > min(REAP_EVERY_S, self.config.idle_timeout_s / 4):
                     last_reap = now
                     self._reap(now)
                 self.busy_s += time.perf_counter() - t0
         finally:
+            sys.setswitchinterval(switch)
             self._shutdown()
 
-    def _wait_for_requests(self, poller: zmq.Poller) -> bool:
-        """Wait for a request, or until the batch may be due; whether requests are waiting.
+    def _wait_for_requests(self, poller: zmq.Poller) -> dict:
+        """Wait for a request (or the engine's batch), or until the batch may be due; what is ready.
 
         ZeroMQ polls in whole milliseconds (pyzmq rounds a fraction down), so the last fraction
         of a millisecond before a batch's deadline would spin on poll(0), each turn counted as
@@ -545,12 +651,12 @@ class Server:
         arrives meanwhile is drained at the deadline, less than 1 ms later than it could be.
         """
         wait_ms = 100.0
-        if self.batch:
+        if self.batch and not self.running:  # (while a batch runs, the next one waits for its end anyway)
             wait_ms = min(wait_ms, max(0.0, (self._deadline - time.perf_counter()) * 1e3))
             if wait_ms < 1.0:
                 time.sleep(wait_ms / 1e3)
                 wait_ms = 0.0
-        return bool(poller.poll(wait_ms))
+        return dict(poller.poll(wait_ms))
 
     def _reap(self, now: float) -> None:
         self.host.reap(now)
@@ -622,6 +728,9 @@ class Server:
                 continue
             if client.inflight:
                 return
+            if self.running and p.error is None and p.op in ENGINE_OPS:
+                self._held.add(owner)  # the engine is stepping a batch: this one goes on after it
+                return
             client.queue.popleft()
             self._reply(p, p.error or self._handle(owner, p, now))
         if not client.inflight and not self.host.owns_anything(owner):
@@ -640,26 +749,88 @@ class Server:
         return body
 
     def _batch_due(self, now: float) -> bool:
-        """Past the deadline, or every live session has its step in (stops at the first that has not)."""
+        """Past the deadline, or every live session has its step in or on the engine (stops at the
+        first that has neither)."""
         if now >= self._deadline:
             return True
         live = now - LIVE_WINDOW_S
-        return all(id(s) in self._batched for s in self.host.sessions.values() if s.last_step >= live)
+        return all(id(s) in self._batched or id(s) in self._inflight
+                   for s in self.host.sessions.values() if s.last_step >= live)
+
+    def _take_batch(self) -> list[Pending]:
+        """The steps to run now: all pending, or with many sessions stepping the older half of them
+        (the rest wait for the next batch, which starts the moment this one leaves the engine)."""
+        batch = self.batch
+        split = self.config.split_batches_at
+        if self.engine is not None and split and len(self.host.sessions) >= split and len(batch) > 1:
+            live = time.perf_counter() - LIVE_WINDOW_S
+            stepping = sum(1 for s in self.host.sessions.values() if s.last_step >= live)
+            half = math.ceil(stepping / 2)
+            if stepping >= split and len(batch) > half:
+                batch, self.batch = batch[:half], batch[half:]
+                self._batched = {id(p.ticket.session) for p in self.batch}
+                self._deadline = min(p.received + self.host.wait_ms(p.ticket) / 1e3 for p in self.batch)
+                return batch
+        self.batch, self._batched, self._deadline = [], set(), float("inf")
+        return batch
 
     def _run_batch(self) -> None:
-        batch, self.batch, self._deadline = self.batch, [], float("inf")
-        self._batched = set()
+        batch = self._take_batch()
         start = time.perf_counter()
         self.batch_wait_s += start - min(p.received for p in batch)
+        tickets = [p.ticket for p in batch]
+        self._inflight.update(id(t.session) for t in tickets)
+        if self.engine is not None:  # on the engine thread; `_batch_done` takes it from there
+            self.running = batch
+            inputs = self.host.engine_inputs(tickets, start)
+            self.engine.submit(lambda: self.host.step_engine(inputs))
+            return
         engine_before = self.host.engine_step_s
         try:
-            results: list = self.host.run_steps([p.ticket for p in batch], start)
+            frames, reports, done = self.host.step_engine(self.host.engine_inputs(tickets, start))
+            results: list = self.host.finish_steps(tickets, frames, reports, done)
         except Exception as e:
-            traceback.print_exc()
-            results = [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * len(batch)
+            results, done = self._failed(e, len(batch)), time.perf_counter()
+        self.engine_inline_s += self.host.engine_step_s - engine_before
+        self._send_batch(batch, results, done)
+
+    def _batch_done(self) -> None:
+        """The engine thread is through with the running batch: start the next one, then answer this one."""
+        batch, self.running = self.running, []
+        try:
+            frames, reports, done = self.engine.collect()
+        except Exception as e:
+            results = self._failed(e, len(batch))
+        else:
+            results = None
+        if self._held:  # the engine is free for a moment: the resets, snapshots, restores waiting for it
+            held, self._held = self._held, set()
+            now = time.perf_counter()
+            for owner in held:
+                client = self.clients.get(owner)
+                if client is not None:
+                    self._advance(owner, client, now)
+        if self.batch and self._batch_due(time.perf_counter()):
+            self._run_batch()  # the GPU goes on with the next batch while this one's replies go out
+        built_from = time.perf_counter()
+        if results is None:
+            try:
+                results = self.host.finish_steps([p.ticket for p in batch], frames, reports, done)
+            except Exception as e:
+                results = self._failed(e, len(batch))
+        self._send_batch(batch, results, built_from)
+
+    @staticmethod
+    def _failed(e: Exception, n: int) -> list[ProtocolError]:
+        traceback.print_exc()
+        return [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * n
+
+    def _send_batch(self, batch: list[Pending], results: list, built_from: float) -> None:
+        """Reply to every step of a batch, then let its clients' next requests through."""
         built = time.perf_counter()
-        self.bodies_s += built - start - (self.host.engine_step_s - engine_before)
+        self.bodies_s += built - built_from
         for p, result in zip(batch, results):
+            self._inflight.discard(id(p.ticket.session))
             self._reply(p, result)
             if isinstance(result, dict):
                 self.step_wall_ms.append(result["info"]["wall_ms"])
@@ -709,7 +880,7 @@ class Server:
 
     def stats(self) -> dict:
         uptime = time.perf_counter() - self.started
-        engine_s = self.host.engine_step_s + self.host.engine_other_s
+        engine_s = self.engine_inline_s + self.host.engine_other_s  # the engine's time on the loop's own thread
         overhead = max(0.0, self.busy_s - engine_s)
         wall = np.asarray(self.step_wall_ms) if self.step_wall_ms else np.zeros(1)
         return {"uptime_s": uptime, "clients": len(self.clients), "requests": self.requests, "errors": self.errors,
@@ -718,10 +889,20 @@ class Server:
                 "overhead_share": overhead / max(self.host.engine_step_s, 1e-9),
                 "batch_wait_ms_mean": 1e3 * self.batch_wait_s / max(self.host.batches, 1),
                 "step_wall_ms_p50": float(np.percentile(wall, 50)), "step_wall_ms_p99": float(np.percentile(wall, 99)),
-                "boot": self.boot, "protocol": PROTOCOL_VERSION}
+                "overlap": self.engine is not None, "boot": self.boot, "protocol": PROTOCOL_VERSION}
 
     def _shutdown(self) -> None:
         """Answer what is still queued, close every session (flushing recordings), release the socket."""
+        if self.engine is not None:
+            if self.running:  # its frames are made: they are answered, not dropped
+                try:
+                    frames, reports, done = self.engine.collect(timeout_s=60)
+                    results = self.host.finish_steps([p.ticket for p in self.running], frames, reports, done)
+                except Exception as e:
+                    results = self._failed(e, len(self.running))
+                self._send_batch(self.running, results, time.perf_counter())
+                self.running = []
+            self.engine.close()
         bye = ProtocolError(SHUTTING_DOWN, "the server is shutting down")
         for p in self.batch:
             self._reply(p, bye)
@@ -807,6 +988,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=None,
                    help=f"confidence threshold of adaptive steps, in [0, 1] (default {AllocatorConfig.tau:g}); "
                         "lower: fewer steps per frame")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="step the engine on the loop's own thread (default: a thread of its own, so socket work "
+                        "overlaps the GPU's)")
+    p.add_argument("--split-batches-at", type=int, default=d.split_batches_at, metavar="N",
+                   help=f"with N or more sessions stepping, a batch takes half of them, so one half's replies are "
+                        f"sent while the other half is on the GPU (default {d.split_batches_at}; 0: never)")
     p.add_argument("--record", default=None, metavar="DIR", help="write every session as a recording into DIR")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE")
     p.add_argument("--curve-allowed-keys", default=None, metavar="DIR")
@@ -822,7 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
                           policy=args.policy, max_episode_steps=args.max_episode_steps or None,
                           latency_budget_ms=args.latency_budget_ms, record_dir=args.record,
                           curve_secret_key=args.curve_secret_key, curve_allowed_keys=args.curve_allowed_keys,
-                          insecure=args.insecure)
+                          insecure=args.insecure, overlap=not args.no_overlap,
+                          split_batches_at=args.split_batches_at)
     from sim.bundle import shipped_checkpoint
     from sim.checkpoint import CheckpointError
     from sim.engine import WorldSim

@@ -1,0 +1,156 @@
+"""The engine on a thread of its own: batches overlap the socket work, halves alternate on the engine,
+engine requests wait for the running batch (and are not starved by the next), failures and shutdown
+answer every step."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from controls import protocol as P
+from controls.bench_server import FakeEngine
+from controls.client import Client, ServerError
+from controls.server import Host, Server, ServerConfig
+
+A = 6
+
+
+class SlowEngine(FakeEngine):
+    """A fake engine whose step takes `step_s`, and which checks that nothing else uses it meanwhile."""
+
+    def __init__(self, sessions, step_s=0.02, fail_at=None):
+        super().__init__(sessions, resolution=16)
+        self.step_s, self.fail_at = step_s, fail_at
+        self.stepping = False
+        self.calls = []         # (thread name, batch size) per step
+        self.collisions = []    # what ran while a step was on the engine
+
+    def step(self, actions, observe=None, sessions=None):
+        if self.stepping:
+            self.collisions.append("step")
+        self.stepping = True
+        try:
+            self.calls.append((threading.current_thread().name, len(sessions)))
+            if self.fail_at is not None and len(self.calls) == self.fail_at:
+                raise RuntimeError("the GPU fell over")
+            time.sleep(self.step_s)
+            return super().step(actions, observe, sessions)
+        finally:
+            self.stepping = False
+
+    def _not_stepping(self, what):
+        if self.stepping:
+            self.collisions.append(what)
+
+    def reset(self, frames, actions, sessions=None, seeds=None):
+        self._not_stepping("reset")
+
+    def snapshot(self, session):
+        self._not_stepping("snapshot")
+        return {}
+
+    def restore(self, session, snap):
+        self._not_stepping("restore")
+
+
+@pytest.fixture
+def serve_slow():
+    """serve_slow(engine, **ServerConfig fields) -> (server, thread), serving on a thread of the test."""
+    running = []
+
+    def start(engine, **fields):
+        config = ServerConfig(bind="tcp://127.0.0.1:*", max_sessions=engine.num_sessions, **fields)
+        server = Server(Host(engine, config), config)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server, thread
+
+    yield start
+    for server, thread in running:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def step_flat_out(endpoint, n_clients, n_steps, errors, results, started=None):
+    def agent(c):
+        try:
+            with Client(endpoint, timeout_s=30) as client:
+                session, _, _ = client.reset(seed=c)
+                if started is not None:
+                    started.wait()
+                ticks = [client.step(np.eye(A)[(t + c) % A], session)[4]["tick"] for t in range(n_steps)]
+                results[c] = ticks
+                client.close_session(session)
+        except Exception as e:
+            errors.append((c, repr(e)))
+
+    threads = [threading.Thread(target=agent, args=(c,)) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_with_many_sessions_halves_alternate_on_the_engine_thread_and_every_reply_arrives(serve_slow):
+    engine = SlowEngine(9)
+    server, _ = serve_slow(engine, split_batches_at=4, batch_wait_ms=50)
+    errors, results = [], {}
+    started = threading.Barrier(8)
+    threads = step_flat_out(server.endpoint, 8, 30, errors, results, started)
+    time.sleep(0.3)
+    # a newcomer's reset (it uses the engine) waits for the running batch, not behind every next one
+    with Client(server.endpoint, timeout_s=10) as late:
+        t0 = time.perf_counter()
+        session, obs, _ = late.reset(seed=99)
+        reset_s = time.perf_counter() - t0
+        assert obs.shape == (16, 16, 3) and late.snapshot(session)
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    for c, ticks in results.items():
+        assert ticks == list(range(1, 31)), f"client {c} got replies out of order or lost"
+    assert not engine.collisions, f"used while a batch was on the engine: {engine.collisions}"
+    steps_on = {name for name, _ in engine.calls}
+    assert steps_on == {"dsa-sim-engine"}, steps_on
+    sizes = [b for _, b in engine.calls]
+    # 8 sessions stepping: no batch takes more than half of them, and once all are in, halves of 4 run
+    assert max(sizes) <= 4 and sizes.count(4) >= len(sizes) // 2, sizes
+    assert reset_s < 1.0, f"a reset waited {reset_s:.2f} s behind the stepping sessions"
+
+
+def test_without_overlap_the_loop_steps_the_engine_itself(serve_slow):
+    engine = SlowEngine(2, step_s=0.0)
+    server, thread = serve_slow(engine, overlap=False)
+    with Client(server.endpoint, timeout_s=10) as c:
+        session, _, _ = c.reset(seed=1)
+        ticks = [c.step(np.eye(A)[0], session)[4]["tick"] for _ in range(3)]
+        stats = c.stats()
+    assert ticks == [1, 2, 3] and stats["overlap"] is False
+    assert {name for name, _ in engine.calls} == {thread.name}
+
+
+def test_an_engine_failure_on_its_thread_is_an_error_reply_and_the_server_goes_on(serve_slow):
+    engine = SlowEngine(2, step_s=0.0, fail_at=2)
+    server, _ = serve_slow(engine)
+    with Client(server.endpoint, timeout_s=10) as c:
+        session, _, _ = c.reset(seed=1)
+        assert c.step(np.eye(A)[0], session)[4]["tick"] == 1
+        with pytest.raises(ServerError) as failed:
+            c.step(np.eye(A)[0], session)
+        assert failed.value.code == P.INTERNAL and "the GPU fell over" in str(failed.value)
+        assert c.step(np.eye(A)[0], session)[4]["tick"] == 2  # the failed step did not count
+        assert c.ping()
+
+
+def test_stopping_while_a_batch_is_on_the_engine_answers_it_with_its_frame(serve_slow):
+    engine = SlowEngine(1, step_s=0.5)
+    server, thread = serve_slow(engine)
+    with Client(server.endpoint, timeout_s=10) as c:
+        session, _, _ = c.reset(seed=1)
+        rid = c.send("step", action=[0] * A, session=session)
+        time.sleep(0.2)  # the step is on the engine now
+        server.stop()
+        reply = c.recv(rid)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert "error" not in reply and reply["info"]["tick"] == 1
