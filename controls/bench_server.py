@@ -14,7 +14,10 @@ then two phases, each after a warm-up:
    process for all, a socket each), stepping as fast as they can: aggregate frames/s, mean
    batch size, round trip under load.
 The server's own overhead is its handling time (socket, msgpack, batching, bookkeeping)
-outside the engine, from its `stats`, as a share of engine step time, and per frame.
+outside the engine, from its `stats`, as a share of engine step time, and per frame. With
+the engine on a thread of its own (the default) that handling overlaps the GPU's work; what
+it still costs shows as the engine's idle time between batches, as a share of its busy time
+(`--no-overlap`: the loop steps the engine itself, as before).
 `--fake-engine` serves (in-process) from a stand-in that answers at once with fixed 128x128
 frames: what is left is the server's own cost; a long --batch-wait-ms keeps its batches full.
 Steps per frame are what the engine reported for each frame (`info["steps"]`): with
@@ -37,6 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from controls.client import Client, ServerGone
+
+
+MODES = ("inline", "overlap", "split")  # how the server runs its engine (see --modes)
 
 
 class BenchError(Exception):
@@ -118,30 +124,34 @@ class FakeEngine:
 class ServerUnderTest:
     """A server on a free 127.0.0.1 port: a subprocess, or a thread of this process."""
 
-    def __init__(self, args, checkpoint: Path, sessions: int):
+    def __init__(self, args, checkpoint: Path, sessions: int, mode: str = "split", engine=None):
         self.endpoint = free_endpoint()
         self.proc = self.thread = None
+        self.engine = engine
+        overlap, split = mode != "inline", args.split_batches_at if mode == "split" else 0
         if args.in_process or args.fake_engine:
             from controls.server import Host, Server, ServerConfig, configure_steps
             config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms,
-                                  overlap=not args.no_overlap, split_batches_at=args.split_batches_at)
-            if args.fake_engine:
-                engine = FakeEngine(sessions)
+                                  overlap=overlap, split_batches_at=split)
+            if engine is not None:  # a mode after the first: the same engine, graphs already captured
+                pass
+            elif args.fake_engine:
+                self.engine = FakeEngine(sessions)
                 self.steps_text = "a fake engine (no model)"
             else:
                 from sim.engine import WorldSim
-                engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
-                self.steps_text = configure_steps(engine, args.steps, args.tau)  # ValueError: the user's to fix
-                engine.warmup()
-            self.server = Server(Host(engine, config), config)
+                self.engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
+                self.steps_text = configure_steps(self.engine, args.steps, args.tau)  # ValueError: the user's to fix
+                self.engine.warmup()
+            self.server = Server(Host(self.engine, config), config)
             self.thread = threading.Thread(target=self.server.serve, daemon=True)
             self.thread.start()
         else:
             cmd = [sys.executable, "-m", "controls.server", "--checkpoint", str(checkpoint), "--bind", self.endpoint,
                    "--max-sessions", str(sessions), "--batch-wait-ms", str(args.batch_wait_ms)]
             cmd += ["--device", args.device] if args.device else []
-            cmd += ["--no-overlap"] if args.no_overlap else []
-            cmd += ["--split-batches-at", str(args.split_batches_at)]
+            cmd += ["--no-overlap"] if not overlap else []
+            cmd += ["--split-batches-at", str(split)]
             cmd += ["--steps", str(args.steps)] if args.steps is not None else []
             cmd += ["--tau", str(args.tau)] if args.tau is not None else []
             self.steps_text = None
@@ -350,15 +360,22 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
             "overhead_parts_ms_per_batch": {
                 "bodies": per_batch * delta["bodies_s"], "replies": per_batch * delta["replies_s"],
                 "receive_and_rest": per_batch * max(0.0, delta["overhead_s"] - delta["bodies_s"] - delta["replies_s"])},
-            "server_busy_share": delta["busy_s"] / elapsed}
+            "server_busy_share": delta["busy_s"] / elapsed,
+            # with the engine on its own thread the handling above runs while the GPU works: what it
+            # still costs is the time the engine sits idle between batches, against its busy time
+            "engine_busy_share": delta["engine_step_s"] / elapsed,
+            "engine_idle_share": max(0.0, elapsed - delta["engine_step_s"]) / max(delta["engine_step_s"], 1e-9)}
 
 
 def table(phases: list[dict]) -> str:
     """The closing table: one row per phase."""
-    head = (f"{'sessions':>8}  {'frames/s':>9}  {'mean batch':>10}  {'steps/frame':>11}  "
-            f"{'round trip p50 ms':>17}  {'p99 ms':>7}  {'server overhead % of engine':>27}")
-    rows = [f"{r['sessions']:>8d}  {r['frames_per_s']:>9.1f}  {r['mean_batch_size']:>10.1f}  {r['mean_steps']:>11.2f}  "
-            f"{r['latency_ms_p50']:>17.2f}  {r['latency_ms_p99']:>7.2f}  {100 * r['overhead_share']:>27.1f}"
+    mode = (lambda r: f"{r.get('mode', 'mode'):>8}  ") if any("mode" in r for r in phases) else (lambda r: "")
+    head = (f"{mode({})}{'sessions':>8}  {'frames/s':>9}  {'mean batch':>10}  {'steps/frame':>11}  "
+            f"{'round trip p50 ms':>17}  {'p99 ms':>7}  {'server overhead % of engine':>27}  "
+            f"{'engine idle % of busy':>21}")
+    rows = [f"{mode(r)}{r['sessions']:>8d}  {r['frames_per_s']:>9.1f}  {r['mean_batch_size']:>10.1f}  {r['mean_steps']:>11.2f}  "
+            f"{r['latency_ms_p50']:>17.2f}  {r['latency_ms_p99']:>7.2f}  {100 * r['overhead_share']:>27.1f}  "
+            f"{100 * r['engine_idle_share']:>21.1f}"
             for r in phases]
     return "\n".join([head, *rows])
 
@@ -381,9 +398,12 @@ def main(argv: list[str] | None = None) -> dict:
                         "default: the checkpoint's own")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold of adaptive steps, in [0, 1]")
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
-    p.add_argument("--no-overlap", action="store_true", help="the server steps its engine on its loop's thread")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["split"],
+                   help="how the server runs its engine, one run each (in-process: on one engine): inline (on "
+                        "the loop's thread, --no-overlap), overlap (its own thread), split (its own thread, and "
+                        "with --split-batches-at sessions or more, half of them per batch; the default)")
     p.add_argument("--split-batches-at", type=int, default=32, metavar="N",
-                   help="the server's --split-batches-at (default 32; 0: never split)")
+                   help="the server's --split-batches-at in mode split (default 32)")
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")
     p.add_argument("--processes", action="store_true", help="one client process per session (default: threads)")
     p.add_argument("--multiplexed", action="store_true",
@@ -413,30 +433,50 @@ def main(argv: list[str] | None = None) -> dict:
         kind = "student" if args.tiny_student else "model"
         checkpoint = tiny_checkpoint(Path(tmp.name) / f"tiny-maze-{kind}", student=args.tiny_student)
         print(f"bench_server: {'' if tiny else 'no checkpoint given or shipped: '}a random tiny {kind} at 32x32")
+    results = []
     try:
-        try:
-            server = ServerUnderTest(args, Path(checkpoint), args.sessions)
-        except (BenchError, ValueError) as e:  # a bad checkpoint or flag, said in one line
-            print(f"bench_server: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        try:
-            one = phase(server.endpoint, 1, args.warmup, args.seconds)
-            many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients)
-        except ServerGone as e:
-            print(f"bench_server: {e}", file=sys.stderr)
-            raise
-        finally:
-            server.stop()
+        engine = None
+        for mode in args.modes:
+            try:
+                server = ServerUnderTest(args, Path(checkpoint), args.sessions, mode, engine)
+            except (BenchError, ValueError) as e:  # a bad checkpoint or flag, said in one line
+                print(f"bench_server: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            engine = server.engine
+            if results:
+                server.steps_text = results[0]["steps_text"]
+            try:
+                one = phase(server.endpoint, 1, args.warmup, args.seconds)
+                many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients)
+            except ServerGone as e:
+                print(f"bench_server: {e}", file=sys.stderr)
+                raise
+            finally:
+                server.stop()
+            results.append(report(args, checkpoint, clients, mode, server, one, many))
     finally:
         if tmp is not None:
             tmp.cleanup()
+    if len(results) > 1:
+        print("modes side by side (one engine):")
+        print(table([r["phases"][1] | {"mode": r["mode"]} for r in results] +
+                    [r["phases"][0] | {"mode": r["mode"]} for r in results]))
+    result = results[0] if len(results) == 1 else {"modes": results, **{k: results[0][k] for k in ("checkpoint", "scene", "date")}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report(args, checkpoint, clients: str, mode: str, server: "ServerUnderTest", one: dict, many: dict) -> dict:
+    """One mode's results as a dict, and its lines printed (ending in the table of both phases)."""
     spec = server.spec
     steps = server.steps_text or f"at most {spec['sampler_steps']} steps per frame"
     result = {"checkpoint": str(checkpoint), "scene": spec["scene"], "frame_shape": spec["frame_shape"],
               "sampler_steps": spec["sampler_steps"], "steps": args.steps, "tau": args.tau, "steps_text": steps,
               "device": args.device or "auto",
               "server": "in-process thread" if args.in_process or args.fake_engine else "subprocess",
-              "batch_wait_ms": args.batch_wait_ms,
+              "batch_wait_ms": args.batch_wait_ms, "mode": mode, "overlap": mode != "inline",
+              "split_batches_at": args.split_batches_at if mode == "split" else 0,
               "clients": clients,
               "sessions": args.sessions, "frames_per_s": many["frames_per_s"], "frames_per_s_1": one["frames_per_s"],
               "latency_ms_p50": one["latency_ms_p50"], "latency_ms_p99": one["latency_ms_p99"],
@@ -447,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
               "overhead_share_1": one["overhead_share"], "phases": [one, many], "date": time.strftime("%Y-%m-%d")}
     H, W, _ = spec["frame_shape"]
     print(f"dsa-sim server bench: scene {spec['scene']} {H}x{W}, {steps}, device {result['device']}, "
-          f"server {result['server']}, clients {result['clients']}, batch wait {args.batch_wait_ms:g} ms, "
+          f"server {result['server']} ({mode}), clients {result['clients']}, batch wait {args.batch_wait_ms:g} ms, "
           f"{args.seconds:g} s per phase")
     print(f"  {args.sessions} sessions: engine {many['engine_ms_per_batch']:.2f} ms/batch, server overhead "
           f"{many['overhead_ms_per_batch']:.2f} ms/batch ({many['overhead_us_per_frame']:.1f} us per frame), "
@@ -455,10 +495,9 @@ def main(argv: list[str] | None = None) -> dict:
     parts = many["overhead_parts_ms_per_batch"]
     print(f"  overhead per batch: reply bodies {parts['bodies']:.2f} ms, packing + sending replies "
           f"{parts['replies']:.2f} ms, receiving + checks + batching {parts['receive_and_rest']:.2f} ms; "
-          f"server busy {100 * many['server_busy_share']:.1f}% of the phase")
+          f"server busy {100 * many['server_busy_share']:.1f}% of the phase, engine busy "
+          f"{100 * many['engine_busy_share']:.1f}%")
     print(table([one, many]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 

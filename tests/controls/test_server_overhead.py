@@ -85,3 +85,18 @@ def test_the_fake_engine_bench_measures_the_server_alone(capsys):
     assert "us per frame" in out and "packing + sending replies" in out
     with pytest.raises(SystemExit):
         bench(["--fake-engine", "--steps", "2"])
+
+
+def test_the_bench_runs_each_mode_on_one_engine_and_prints_them_side_by_side(capsys):
+    result = bench(["--fake-engine", "--sessions", "4", "--multiplexed", "--seconds", "0.3", "--warmup", "0.1",
+                    "--modes", "inline", "split", "--split-batches-at", "4"])
+    inline, split = result["modes"]
+    assert (inline["mode"], inline["overlap"], inline["split_batches_at"]) == ("inline", False, 0)
+    assert (split["mode"], split["overlap"], split["split_batches_at"]) == ("split", True, 4)
+    # 4 sessions stepping with the split at 4: no batch takes more than 2 of them
+    assert inline["phases"][1]["mean_batch_size"] > 2 >= split["phases"][1]["mean_batch_size"]
+    for r in (inline, split):
+        assert 0 <= r["phases"][1]["engine_busy_share"] <= 1 and r["phases"][1]["engine_idle_share"] >= 0
+    out = capsys.readouterr().out.splitlines()
+    rows = out[out.index("modes side by side (one engine):") + 2:]
+    assert [row.split()[:2] for row in rows] == [["inline", "4"], ["split", "4"], ["inline", "1"], ["split", "1"]]
