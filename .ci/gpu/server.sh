@@ -11,6 +11,9 @@
 # confidence >= TAU (default 0.8); STEPS=N fixes them instead (a teacher has fixed steps only).
 # Each client is its own process (16 cores): 64 client threads would share one interpreter lock
 # and could cap frames/s themselves; CLIENTS=threads measures that way instead.
+# MODES (default "split"): how the server runs its engine, one run each (controls.bench_server
+# --modes): inline (on the loop's thread), overlap (its own thread), split (its own thread, half the
+# sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
 # Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
 # DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (auto|torch|triton, read by kernels.ops; default auto: Triton on CUDA).
 # Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table).
@@ -27,9 +30,13 @@ FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds 
 HOW="$STEPS steps"
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
 if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
+MODES=${MODES:-split}
+# shellcheck disable=SC2206 (the modes are words)
+FLAGS+=(--modes $MODES)
+if [ "$(echo "$MODES" | wc -w)" -gt 1 ]; then FLAGS+=(--in-process); fi
 LOG=$OUT/server_bench.log
 { echo "server.sh: $CKPT, $HOW, $SESSIONS sessions, client $CLIENTS, $PHASE_S s per phase," \
-       "$(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-auto}"
+       "modes $MODES, $(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-auto}"
   command -v nvidia-smi >/dev/null && nvidia-smi -L || true; } | tee "$LOG"
-# a hard stop well inside the device's 4 minutes; SIGINT lets the bench stop its server
-timeout -k 15 -s INT $((2 * (PHASE_S + WARMUP) + 150)) python3 -m controls.bench_server "${FLAGS[@]}" 2>&1 | tee -a "$LOG"
+# a hard stop inside one device call; SIGINT lets the bench stop its server
+timeout -k 15 -s INT $(( $(echo "$MODES" | wc -w) * 2 * (PHASE_S + WARMUP) + 150)) python3 -m controls.bench_server "${FLAGS[@]}" 2>&1 | tee -a "$LOG"
