@@ -169,3 +169,19 @@ def test_steps_decided_without_reading_confidence_report_the_same_traces(tiny_st
         for fr, ar in zip(fixed_reports, adaptive_reports):
             assert fr["steps"] == ar["steps"] == 4
             np.testing.assert_allclose(fr["confidence_trace"], ar["confidence_trace"], rtol=1e-6)
+
+
+def test_a_bf16_engine_with_sessions_exiting_at_different_steps_runs(tiny_student_checkpoint):
+    """bf16 as on the GPU: the partial-batch path mixes the model's bf16 outputs with fp32 records."""
+    import torch
+    f, a = prompt(4, seed=8)
+    probe = WorldSim.load(tiny_student_checkpoint, num_sessions=4, device="cpu", dtype=torch.bfloat16,
+                          allocator=AllocatorConfig(mode="fixed", k_max=4, fixed_steps=1))
+    probe.reset(f, a, seeds=[20, 21, 22, 23])
+    tau = float(np.median([r["confidence"] for r in probe.step(actions(4, 0))[1]]))
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=4, device="cpu", dtype=torch.bfloat16,
+                        allocator=AllocatorConfig(mode="adaptive", k_min=1, k_max=4, tau=tau))
+    sim.reset(f, a, seeds=[20, 21, 22, 23])
+    frames, reports = sim.step(actions(4, 0))
+    assert frames.shape == (4, 32, 32, 3) and len({r["steps"] for r in reports}) > 1
+    assert all(len(r["confidence_trace"]) == r["steps"] for r in reports)
