@@ -15,9 +15,9 @@ then two phases, each after a warm-up:
    batch size, round trip under load.
 The server's own overhead is its handling time (socket, msgpack, batching, bookkeeping)
 outside the engine, from its `stats`, as a share of engine step time, and per frame. With
-the engine on a thread of its own (the default) that handling overlaps the GPU's work; what
-it still costs shows as the engine's idle time between batches, as a share of its busy time
-(`--no-overlap`: the loop steps the engine itself, as before).
+the engine on a thread of its own (`--modes overlap split`) that handling overlaps the GPU's
+work; what it still costs shows as the engine's idle time between batches, as a share of its
+busy time (also reported for the default, inline).
 `--fake-engine` serves (in-process) from a stand-in that answers at once with fixed 128x128
 frames: what is left is the server's own cost; a long --batch-wait-ms keeps its batches full.
 Steps per frame are what the engine reported for each frame (`info["steps"]`): with
@@ -124,7 +124,7 @@ class FakeEngine:
 class ServerUnderTest:
     """A server on a free 127.0.0.1 port: a subprocess, or a thread of this process."""
 
-    def __init__(self, args, checkpoint: Path, sessions: int, mode: str = "split", engine=None):
+    def __init__(self, args, checkpoint: Path, sessions: int, mode: str = "inline", engine=None):
         self.endpoint = free_endpoint()
         self.proc = self.thread = None
         self.engine = engine
@@ -150,7 +150,7 @@ class ServerUnderTest:
             cmd = [sys.executable, "-m", "controls.server", "--checkpoint", str(checkpoint), "--bind", self.endpoint,
                    "--max-sessions", str(sessions), "--batch-wait-ms", str(args.batch_wait_ms)]
             cmd += ["--device", args.device] if args.device else []
-            cmd += ["--no-overlap"] if not overlap else []
+            cmd += ["--overlap"] if overlap else []
             cmd += ["--split-batches-at", str(split)]
             cmd += ["--steps", str(args.steps)] if args.steps is not None else []
             cmd += ["--tau", str(args.tau)] if args.tau is not None else []
@@ -398,10 +398,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "default: the checkpoint's own")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold of adaptive steps, in [0, 1]")
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
-    p.add_argument("--modes", nargs="+", choices=MODES, default=["split"],
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["inline"],
                    help="how the server runs its engine, one run each (in-process: on one engine): inline (on "
-                        "the loop's thread, --no-overlap), overlap (its own thread), split (its own thread, and "
-                        "with --split-batches-at sessions or more, half of them per batch; the default)")
+                        "the loop's thread, the server's default), overlap (its own thread, --overlap), split (its "
+                        "own thread, and with --split-batches-at sessions or more, half of them per batch)")
     p.add_argument("--split-batches-at", type=int, default=32, metavar="N",
                    help="the server's --split-batches-at in mode split (default 32)")
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")

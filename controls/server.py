@@ -11,14 +11,17 @@ keeps one reply per request in order per client, and gathers pending steps into 
 until every live session has one pending or the bounded wait (`--batch-wait-ms`, or a
 session's tighter latency budget) runs out.
 
-The engine steps a batch on a thread of its own (`EngineThread`) while the loop goes on with
-the sockets: the loop hands it a batch, handles what arrives meanwhile, and hears through an
+By default the loop steps the engine itself, one batch at a time. With `--overlap` the engine
+steps a batch on a thread of its own (`EngineThread`) while the loop goes on with the sockets: the loop hands it a batch, handles what arrives meanwhile, and hears through an
 inproc socket when the frames are ready. The engine thread calls `Host.step_engine` and
 nothing else; every other piece of state (sessions, replies, recordings) is the loop's alone,
 and requests that use the engine (reset, snapshot, restore) wait until no batch is on it.
 With many sessions stepping (`--split-batches-at`), a batch takes half of them: the GPU
 steps one half while the loop sends the other half's replies and gathers its next requests,
-so neither waits for the other. `--no-overlap` runs the engine inline on the loop's thread.
+so neither waits for the other. Measured on an H200 with 64 sessions (BENCHMARKS.md) the split
+served fewer frames/s than the inline loop (the engine's host code then competes with the loop
+for the interpreter lock, and two half batches cost nearly two full ones), so inline stays the
+default and the thread is an option to measure.
 
 Sessions belong to the ZeroMQ identity of the connection that opened them, and their ids
 are random tokens: a client can neither name nor touch another client's session or snapshot.
@@ -79,8 +82,8 @@ class ServerConfig:
     curve_secret_key: str | None = None   # server certificate with its secret key (zmq.auth format)
     curve_allowed_keys: str | None = None  # folder of allowed clients' public certificates
     insecure: bool = False              # allow a non-loopback bind without CURVE
-    overlap: bool = True                # the engine steps on its own thread while the loop handles sockets
-    split_batches_at: int = 32          # this many sessions stepping or more: a batch takes half (0: never)
+    overlap: bool = False               # the engine steps on its own thread while the loop handles sockets
+    split_batches_at: int = 32          # with overlap, this many sessions stepping or more: a batch takes half (0: never)
 
 
 # ---- the engine side --------------------------------------------------------------------------
@@ -988,12 +991,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=None,
                    help=f"confidence threshold of adaptive steps, in [0, 1] (default {AllocatorConfig.tau:g}); "
                         "lower: fewer steps per frame")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="step the engine on the loop's own thread (default: a thread of its own, so socket work "
-                        "overlaps the GPU's)")
+    p.add_argument("--overlap", action="store_true",
+                   help="step the engine on a thread of its own, so socket work overlaps the GPU's (default: on "
+                        "the loop's thread, which served more frames/s in the 64-session measurement)")
     p.add_argument("--split-batches-at", type=int, default=d.split_batches_at, metavar="N",
-                   help=f"with N or more sessions stepping, a batch takes half of them, so one half's replies are "
-                        f"sent while the other half is on the GPU (default {d.split_batches_at}; 0: never)")
+                   help=f"with --overlap and N or more sessions stepping, a batch takes half of them, so one half's "
+                        f"replies are sent while the other half is on the GPU (default {d.split_batches_at}; 0: never)")
     p.add_argument("--record", default=None, metavar="DIR", help="write every session as a recording into DIR")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE")
     p.add_argument("--curve-allowed-keys", default=None, metavar="DIR")
@@ -1009,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
                           policy=args.policy, max_episode_steps=args.max_episode_steps or None,
                           latency_budget_ms=args.latency_budget_ms, record_dir=args.record,
                           curve_secret_key=args.curve_secret_key, curve_allowed_keys=args.curve_allowed_keys,
-                          insecure=args.insecure, overlap=not args.no_overlap,
+                          insecure=args.insecure, overlap=args.overlap,
                           split_batches_at=args.split_batches_at)
     from sim.bundle import shipped_checkpoint
     from sim.checkpoint import CheckpointError

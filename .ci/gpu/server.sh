@@ -11,7 +11,7 @@
 # confidence >= TAU (default 0.8); STEPS=N fixes them instead (a teacher has fixed steps only).
 # Each client is its own process (16 cores): 64 client threads would share one interpreter lock
 # and could cap frames/s themselves; CLIENTS=threads measures that way instead.
-# MODES (default "split"): how the server runs its engine, one run each (controls.bench_server
+# MODES (default "inline"): how the server runs its engine, one run each (controls.bench_server
 # --modes): inline (on the loop's thread), overlap (its own thread), split (its own thread, half the
 # sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
 # Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
@@ -30,7 +30,7 @@ FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds 
 HOW="$STEPS steps"
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
 if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
-MODES=${MODES:-split}
+MODES=${MODES:-inline}
 # shellcheck disable=SC2206 (the modes are words)
 FLAGS+=(--modes $MODES)
 if [ "$(echo "$MODES" | wc -w)" -gt 1 ]; then FLAGS+=(--in-process); fi

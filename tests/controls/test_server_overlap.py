@@ -55,10 +55,12 @@ class SlowEngine(FakeEngine):
 
 @pytest.fixture
 def serve_slow():
-    """serve_slow(engine, **ServerConfig fields) -> (server, thread), serving on a thread of the test."""
+    """serve_slow(engine, **ServerConfig fields) -> (server, thread), serving on a thread of the test
+    (with the engine on its own thread unless overlap=False)."""
     running = []
 
     def start(engine, **fields):
+        fields.setdefault("overlap", True)
         config = ServerConfig(bind="tcp://127.0.0.1:*", max_sessions=engine.num_sessions, **fields)
         server = Server(Host(engine, config), config)
         thread = threading.Thread(target=server.serve, daemon=True)
