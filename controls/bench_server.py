@@ -126,19 +126,17 @@ class ServerUnderTest:
 
     def __init__(self, args, checkpoint: Path, sessions: int, mode: str = "inline", engine=None):
         self.endpoint = free_endpoint()
-        self.proc = self.thread = None
-        self.engine = engine
+        self.proc = self.thread = self.steps_text = None
+        self.engine = engine  # given: a mode after the first, on the same engine (graphs already captured)
         overlap, split = mode != "inline", args.split_batches_at if mode == "split" else 0
         if args.in_process or args.fake_engine:
             from controls.server import Host, Server, ServerConfig, configure_steps
             config = ServerConfig(bind=self.endpoint, max_sessions=sessions, batch_wait_ms=args.batch_wait_ms,
                                   overlap=overlap, split_batches_at=split)
-            if engine is not None:  # a mode after the first: the same engine, graphs already captured
-                pass
-            elif args.fake_engine:
+            if engine is None and args.fake_engine:
                 self.engine = FakeEngine(sessions)
                 self.steps_text = "a fake engine (no model)"
-            else:
+            elif engine is None:
                 from sim.engine import WorldSim
                 self.engine = WorldSim.load(checkpoint, num_sessions=sessions, device=args.device)
                 self.steps_text = configure_steps(self.engine, args.steps, args.tau)  # ValueError: the user's to fix
@@ -154,7 +152,6 @@ class ServerUnderTest:
             cmd += ["--split-batches-at", str(split)]
             cmd += ["--steps", str(args.steps)] if args.steps is not None else []
             cmd += ["--tau", str(args.tau)] if args.tau is not None else []
-            self.steps_text = None
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             threading.Thread(target=self._echo, daemon=True).start()
         self.spec = self._wait_for_spec(args.start_timeout)
@@ -373,7 +370,8 @@ def table(phases: list[dict]) -> str:
     head = (f"{mode({})}{'sessions':>8}  {'frames/s':>9}  {'mean batch':>10}  {'steps/frame':>11}  "
             f"{'round trip p50 ms':>17}  {'p99 ms':>7}  {'server overhead % of engine':>27}  "
             f"{'engine idle % of busy':>21}")
-    rows = [f"{mode(r)}{r['sessions']:>8d}  {r['frames_per_s']:>9.1f}  {r['mean_batch_size']:>10.1f}  {r['mean_steps']:>11.2f}  "
+    rows = [f"{mode(r)}{r['sessions']:>8d}  {r['frames_per_s']:>9.1f}  {r['mean_batch_size']:>10.1f}  "
+            f"{r['mean_steps']:>11.2f}  "
             f"{r['latency_ms_p50']:>17.2f}  {r['latency_ms_p99']:>7.2f}  {100 * r['overhead_share']:>27.1f}  "
             f"{100 * r['engine_idle_share']:>21.1f}"
             for r in phases]
@@ -381,7 +379,7 @@ def table(phases: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from controls.server import steps_arg
+    from controls.server import ServerConfig, steps_arg
     p = argparse.ArgumentParser(prog="python -m controls.bench_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="world checkpoint (default: the shipped maze model, else --tiny)")
     p.add_argument("--tiny", action="store_true", help="a random tiny 32x32 model: measures the server, not the model")
@@ -402,8 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="how the server runs its engine, one run each (in-process: on one engine): inline (on "
                         "the loop's thread, the server's default), overlap (its own thread, --overlap), split (its "
                         "own thread, and with --split-batches-at sessions or more, half of them per batch)")
-    p.add_argument("--split-batches-at", type=int, default=32, metavar="N",
-                   help="the server's --split-batches-at in mode split (default 32)")
+    split_at = ServerConfig.split_batches_at
+    p.add_argument("--split-batches-at", type=int, default=split_at, metavar="N",
+                   help=f"the server's --split-batches-at in mode split (default {split_at})")
     p.add_argument("--in-process", action="store_true", help="serve from a thread of this process")
     p.add_argument("--processes", action="store_true", help="one client process per session (default: threads)")
     p.add_argument("--multiplexed", action="store_true",
@@ -461,7 +460,10 @@ def main(argv: list[str] | None = None) -> dict:
         print("modes side by side (one engine):")
         print(table([r["phases"][1] | {"mode": r["mode"]} for r in results] +
                     [r["phases"][0] | {"mode": r["mode"]} for r in results]))
-    result = results[0] if len(results) == 1 else {"modes": results, **{k: results[0][k] for k in ("checkpoint", "scene", "date")}}
+    if len(results) == 1:
+        result = results[0]
+    else:
+        result = {"modes": results, **{k: results[0][k] for k in ("checkpoint", "scene", "date")}}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -12,8 +12,9 @@ until every live session has one pending or the bounded wait (`--batch-wait-ms`,
 session's tighter latency budget) runs out.
 
 By default the loop steps the engine itself, one batch at a time. With `--overlap` the engine
-steps a batch on a thread of its own (`EngineThread`) while the loop goes on with the sockets: the loop hands it a batch, handles what arrives meanwhile, and hears through an
-inproc socket when the frames are ready. The engine thread calls `Host.step_engine` and
+steps a batch on a thread of its own (`EngineThread`) while the loop goes on with the sockets:
+the loop hands it a batch, handles what arrives meanwhile, and hears through an inproc socket
+when the frames are ready. The engine thread calls `Host.step_engine` and
 nothing else; every other piece of state (sessions, replies, recordings) is the loop's alone,
 and requests that use the engine (reset, snapshot, restore) wait until no batch is on it.
 With many sessions stepping (`--split-batches-at`), a batch takes half of them: the GPU
@@ -33,9 +34,9 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
-import secrets
 import math
 import queue
+import secrets
 import signal
 import sys
 import threading
@@ -83,7 +84,8 @@ class ServerConfig:
     curve_allowed_keys: str | None = None  # folder of allowed clients' public certificates
     insecure: bool = False              # allow a non-loopback bind without CURVE
     overlap: bool = False               # the engine steps on its own thread while the loop handles sockets
-    split_batches_at: int = 32          # with overlap, this many sessions stepping or more: a batch takes half (0: never)
+    split_batches_at: int = 32          # with overlap, this many sessions stepping or more: a batch
+                                        # takes half of them (0: never)
 
 
 # ---- the engine side --------------------------------------------------------------------------
@@ -588,7 +590,6 @@ class Server:
         self.bodies_s = 0.0        # of it, building a batch's reply bodies (run_steps outside engine.step)
         self.replies_s = 0.0       # of it, packing and sending a batch's replies
         self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
-        self.engine_inline_s = 0.0  # of busy_s, engine steps run on the loop's own thread (no overlap)
         self.step_wall_ms: deque[float] = deque(maxlen=4096)
 
     def _setup_curve(self):
@@ -788,33 +789,27 @@ class Server:
             inputs = self.host.engine_inputs(tickets, start)
             self.engine.submit(lambda: self.host.step_engine(inputs))
             return
-        engine_before = self.host.engine_step_s
         try:
             frames, reports, done = self.host.step_engine(self.host.engine_inputs(tickets, start))
             results: list = self.host.finish_steps(tickets, frames, reports, done)
         except Exception as e:
             results, done = self._failed(e, len(batch)), time.perf_counter()
-        self.engine_inline_s += self.host.engine_step_s - engine_before
         self._send_batch(batch, results, done)
 
-    def _batch_done(self) -> None:
-        """The engine thread is through with the running batch: start the next one, then answer this one."""
+    def _batch_done(self, go_on: bool = True, timeout_s: float | None = None) -> None:
+        """The engine thread is through with the running batch: start the next one (unless not
+        `go_on`: at shutdown), then answer this one."""
         batch, self.running = self.running, []
         try:
-            frames, reports, done = self.engine.collect()
+            frames, reports, done = self.engine.collect(timeout_s)
         except Exception as e:
             results = self._failed(e, len(batch))
         else:
             results = None
-        if self._held:  # the engine is free for a moment: the resets, snapshots, restores waiting for it
-            held, self._held = self._held, set()
-            now = time.perf_counter()
-            for owner in held:
-                client = self.clients.get(owner)
-                if client is not None:
-                    self._advance(owner, client, now)
-        if self.batch and self._batch_due(time.perf_counter()):
-            self._run_batch()  # the GPU goes on with the next batch while this one's replies go out
+        if go_on:
+            self._release_held()
+            if self.batch and self._batch_due(time.perf_counter()):
+                self._run_batch()  # the GPU goes on with the next batch while this one's replies go out
         built_from = time.perf_counter()
         if results is None:
             try:
@@ -822,6 +817,15 @@ class Server:
             except Exception as e:
                 results = self._failed(e, len(batch))
         self._send_batch(batch, results, built_from)
+
+    def _release_held(self) -> None:
+        """The engine is free for a moment: the resets, snapshots and restores waiting for it go on."""
+        held, self._held = self._held, set()
+        now = time.perf_counter()
+        for owner in held:
+            client = self.clients.get(owner)
+            if client is not None:
+                self._advance(owner, client, now)
 
     @staticmethod
     def _failed(e: Exception, n: int) -> list[ProtocolError]:
@@ -883,7 +887,8 @@ class Server:
 
     def stats(self) -> dict:
         uptime = time.perf_counter() - self.started
-        engine_s = self.engine_inline_s + self.host.engine_other_s  # the engine's time on the loop's own thread
+        # the engine's time on the loop's own thread: its steps too, unless they run on the engine thread
+        engine_s = (0.0 if self.engine is not None else self.host.engine_step_s) + self.host.engine_other_s
         overhead = max(0.0, self.busy_s - engine_s)
         wall = np.asarray(self.step_wall_ms) if self.step_wall_ms else np.zeros(1)
         return {"uptime_s": uptime, "clients": len(self.clients), "requests": self.requests, "errors": self.errors,
@@ -897,14 +902,8 @@ class Server:
     def _shutdown(self) -> None:
         """Answer what is still queued, close every session (flushing recordings), release the socket."""
         if self.engine is not None:
-            if self.running:  # its frames are made: they are answered, not dropped
-                try:
-                    frames, reports, done = self.engine.collect(timeout_s=60)
-                    results = self.host.finish_steps([p.ticket for p in self.running], frames, reports, done)
-                except Exception as e:
-                    results = self._failed(e, len(self.running))
-                self._send_batch(self.running, results, time.perf_counter())
-                self.running = []
+            if self.running:  # its frames are being made: they are answered, not dropped
+                self._batch_done(go_on=False, timeout_s=60)
             self.engine.close()
         bye = ProtocolError(SHUTTING_DOWN, "the server is shutting down")
         for p in self.batch:

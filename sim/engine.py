@@ -287,7 +287,7 @@ class WorldSim:
             else:
                 v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
                 x0[idx] = torch.addcmul(x[idx], v, lx[k - 1], value=-1.0)
-                conf_all[idx, k - 1] = conf.to(conf_all.dtype)
+                conf_all[idx, k - 1] = conf.to(conf_all.dtype)  # an indexed put does not cast; a copy does
             steps[active] = k
             decided = alloc.decided(k)
             if decided is None:  # the allocator reads this step's confidences: wait for them
