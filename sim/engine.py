@@ -28,6 +28,7 @@ from sim.bundle import load_world
 from sim.distill import student_levels
 from sim.graphs import DecodeGraphs, FrameGraphs
 from sim.model import WorldModel
+from sim.noise import NoiseStreams
 from sim.sampler import SamplerConfig, commit_frame, sample_frame
 
 
@@ -68,8 +69,9 @@ class WorldSim:
         self.action_dim = cfg.action_dim
         self.frame_shape = (cfg.latent_h * 8, cfg.latent_w * 8, 3)
         # one noise stream per session, on the engine's device: drawing 64 sessions' noise on the host
-        # cost more than their whole step (Box-Muller on the CPU), on the GPU it is 64 small launches
-        self._generators = [torch.Generator(device=self.device).manual_seed(seed + i) for i in range(self.num_sessions)]
+        # cost more than their whole step (Box-Muller on the CPU); on the GPU it is 64 small launches,
+        # made a frame ahead while the host waits for the GPU anyway (sim.noise)
+        self.noise = NoiseStreams(self.num_sessions, self.device, seed)
         self._prompted = np.zeros(self.num_sessions, dtype=bool)
         few_step = self.config.get("sampler", {})
         self.few_step = few_step.get("kind") == "few-step"
@@ -193,11 +195,12 @@ class WorldSim:
         frames = self._decode_graphs(z) if self.use_graphs else self._decode_tensor(z)
         return frames.to("cpu", copy=True).numpy()  # a copy even on the CPU: graph outputs are reused buffers
 
+    def _noise_shape(self, draws: int | None = None) -> tuple[int, ...]:
+        return self.latent_shape if draws is None else (draws, *self.latent_shape)
+
     def _noise(self, ids: np.ndarray, draws: int | None = None) -> torch.Tensor:
         """Gaussian latents from each session's own stream: [B, C, h, w], or [B, draws, C, h, w]."""
-        shape = self.latent_shape if draws is None else (draws, *self.latent_shape)
-        z = torch.stack([torch.randn(shape, generator=self._generators[int(r)], device=self.device) for r in ids.tolist()])
-        return z.to(self.dtype)
+        return self.noise.draw(ids.tolist(), self._noise_shape(draws)).to(self.dtype)
 
     # ---- sessions ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -215,8 +218,7 @@ class WorldSim:
         f = self._frames(f, (B, K))
         a = self._actions(np.asarray(actions, dtype=np.float32).reshape(B * K, -1), B * K).view(B, K, -1)
         if seeds is not None:
-            for r, s in zip(rows.tolist(), np.broadcast_to(np.asarray(seeds), (B,)).tolist()):
-                self._generators[r].manual_seed(int(s))
+            self.noise.seed(rows.tolist(), np.broadcast_to(np.asarray(seeds), (B,)).tolist())
         self.cache.reset(rows)
         z = self.encode(f.reshape(B * K, *self.frame_shape)).view(B, K, *self.latent_shape)
         for k in range(K):
@@ -241,10 +243,11 @@ class WorldSim:
             return self._step_few(a, rows, observe, ids)
         t0 = time.perf_counter()
         x0 = sample_frame(self.net, self.cache, a, self._noise(ids), self.sampler, rows)
+        self.noise.prefetch(ids.tolist(), self._noise_shape())  # the next frame's, while the GPU samples
         context = x0 if observe is None else self.encode(self._frames(observe, (B,)))
-        commit_frame(self.net, self.cache, context, a, self.sampler, rows)
-        frames = self.decode(x0)  # the copy to host synchronises the device
+        frames = self.decode(x0)  # the copy to host waits for the sampler and the decoder, not the cache pass
         latency_ms = (time.perf_counter() - t0) * 1e3
+        commit_frame(self.net, self.cache, context, a, self.sampler, rows)  # runs while the caller uses the frame
         passes = self.sampler.steps * (2 if self.sampler.guidance != 1.0 else 1)
         reports = [{"steps": self.sampler.steps, "passes": passes + 1, "latency_ms": latency_ms, "confidence": float("nan")}
                    for _ in range(B)]
@@ -288,6 +291,8 @@ class WorldSim:
                 v, conf = self.net.forward_frame(x[idx], s, a[idx], self.cache, rows[idx])
                 x0[idx] = torch.addcmul(x[idx], v, lx[k - 1], value=-1.0)
                 conf_all[idx, k - 1] = conf.to(conf_all.dtype)  # an indexed put does not cast; a copy does
+            if k == 1:  # the next frame's noise, drawn while the GPU runs this step (sim.noise)
+                self.noise.prefetch(ids.tolist(), noise.shape[1:])
             steps[active] = k
             decided = alloc.decided(k)
             if decided is None:  # the allocator reads this step's confidences: wait for them
@@ -306,17 +311,21 @@ class WorldSim:
                 x[idx] = torch.lerp(x0[idx], noise[idx, k], lx[k])
             active = still
         t_finish = time.perf_counter()
+        # decode first: the copy to host waits for the last step and the decoder only, and the cache
+        # pass launched after it runs on the GPU while the caller sends the frames on (the next
+        # frame's first step queues behind it). Its time is in no frame's latency but the next
+        # frame's first step, when that starts before it is done.
+        frames = self.decode(x0)
+        conf_host = conf_all.cpu().numpy()
+        alloc.cost.record_finish(B, (time.perf_counter() - t_finish) * 1e3)
+        alloc.end_frame(steps)
+        latency_ms = (time.perf_counter() - t0) * 1e3
         if observe is not None:
             commit_frame(self.net, self.cache, self.encode(self._frames(observe, (B,))), a, self.sampler, rows)
         elif self.cache_last_step:
             self.cache.advance(rows)  # each session's slot already holds its exit step's K/V
         else:
             commit_frame(self.net, self.cache, x0, a, self.sampler, rows)
-        frames = self.decode(x0)  # the copy to host synchronises the device
-        conf_host = conf_all.cpu().numpy()
-        alloc.cost.record_finish(B, (time.perf_counter() - t_finish) * 1e3)
-        alloc.end_frame(steps)
-        latency_ms = (time.perf_counter() - t0) * 1e3
         passes = steps + (0 if self.cache_last_step and observe is None else 1)
         reports = []
         for i in range(B):
@@ -327,10 +336,10 @@ class WorldSim:
 
     def snapshot(self, session: int) -> dict:
         """A copy of one session's state (cache, noise stream), to branch from with `restore`."""
-        return {"cache": self.cache.snapshot(session), "rng": self._generators[session].get_state().clone(),
+        return {"cache": self.cache.snapshot(session), "rng": self.noise.state(session),
                 "prompted": bool(self._prompted[session])}
 
     def restore(self, session: int, snap: dict) -> None:
         self.cache.restore(session, snap["cache"])
-        self._generators[session].set_state(snap["rng"])
+        self.noise.set_state(session, snap["rng"])
         self._prompted[session] = snap["prompted"]

@@ -185,3 +185,25 @@ def test_a_bf16_engine_with_sessions_exiting_at_different_steps_runs(tiny_studen
     frames, reports = sim.step(actions(4, 0))
     assert frames.shape == (4, 32, 32, 3) and len({r["steps"] for r in reports}) > 1
     assert all(len(r["confidence_trace"]) == r["steps"] for r in reports)
+
+
+def test_a_students_noise_is_drawn_ahead_without_changing_its_stream(tiny_student_checkpoint):
+    """The engine draws the next frame's noise during a step; each frame still gets its session's
+    next k_max draws, and a snapshot taken with a draw ahead branches into an identical continuation."""
+    import torch
+    sim = WorldSim.load(tiny_student_checkpoint, num_sessions=2, device="cpu",
+                        allocator=AllocatorConfig(mode="adaptive", k_max=4, tau=1.0))
+    sim.reset(*prompt(2, seed=6), seeds=[31, 32])
+    for t in range(2):
+        sim.step(actions(2, t))
+    assert set(sim.noise._ahead) == {0, 1}, "the test needs draws made ahead"
+    plain = torch.Generator().manual_seed(31)
+    for _ in range(2):
+        torch.randn((4, *sim.latent_shape), generator=plain)
+    assert torch.equal(sim.noise.state(0), plain.get_state())
+    snap = sim.snapshot(0)
+    first = [sim.step(actions(2, t))[0][0] for t in range(3)]
+    sim.restore(1, snap)
+    second = [sim.step(actions(2, t))[0][1] for t in range(3)]
+    for x, y in zip(first, second):
+        assert np.array_equal(x, y)

@@ -129,7 +129,7 @@ def test_a_students_noise_depends_on_its_frame_not_on_steps_spent(tiny_student_c
         sim.sampler_steps = k
         sim.reset(*prompt(1, seed=1))
         sim.step(actions(1, 0))
-        states.append(sim._generators[0].get_state())
+        states.append(sim.noise.state(0))
     assert torch.equal(*states), "one frame takes k_max draws whatever its step count"
 
 
