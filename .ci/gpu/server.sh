@@ -16,6 +16,8 @@
 # sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
 # Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
 # DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (auto|torch|triton, read by kernels.ops; default auto: Triton on CUDA).
+# BASELINE: an earlier tree's code (made as for engine.sh, carried with the command): the same bench
+# runs there first, then here, on the same machine minutes apart ($OUT/server_bench_baseline.json).
 # Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table).
 source .ci/gpu/setup.sh
 CKPT=${1:-runs/maze/distill/checkpoint}; PHASE_S=${2:-15}
@@ -25,8 +27,9 @@ if [ ! -f "$CKPT/manifest.json" ]; then
   echo "server.sh: no checkpoint at $CKPT: pass a distilled student's folder (carry it with the command)" >&2
   exit 2
 fi
+CKPT=$(realpath "$CKPT"); SITE=/tmp/site
 FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds "$PHASE_S" --warmup "$WARMUP"
-       --steps "$STEPS" --batch-wait-ms "$BATCH_WAIT_MS" --start-timeout 120 --json "$OUT/server_bench.json")
+       --steps "$STEPS" --batch-wait-ms "$BATCH_WAIT_MS" --start-timeout 120)
 HOW="$STEPS steps"
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
 if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
@@ -38,5 +41,13 @@ LOG=$OUT/server_bench.log
 { echo "server.sh: $CKPT, $HOW, $SESSIONS sessions, client $CLIENTS, $PHASE_S s per phase," \
        "modes $MODES, $(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-auto}"
   command -v nvidia-smi >/dev/null && nvidia-smi -L || true; } | tee "$LOG"
-# a hard stop inside one device call; SIGINT lets the bench stop its server
-timeout -k 15 -s INT $(( $(echo "$MODES" | wc -w) * 2 * (PHASE_S + WARMUP) + 150)) python3 -m controls.bench_server "${FLAGS[@]}" 2>&1 | tee -a "$LOG"
+bench() {  # bench TREE JSON: a hard stop inside one device call; SIGINT lets the bench stop its server
+  (cd "$1" && PYTHONPATH=$SITE:$PWD timeout -k 15 -s INT $(( $(echo "$MODES" | wc -w) * 2 * (PHASE_S + WARMUP) + 150)) \
+     python3 -m controls.bench_server "${FLAGS[@]}" --json "$2" 2>&1 | tee -a "$LOG")
+}
+if [ -n "${BASELINE:-}" ]; then
+  echo "server.sh: the baseline tree $BASELINE first" | tee -a "$LOG"
+  bench "$(realpath "$BASELINE")" "$(realpath -m "$OUT/server_bench_baseline.json")" || echo "server.sh: the baseline run failed" | tee -a "$LOG"
+  echo "server.sh: this tree" | tee -a "$LOG"
+fi
+bench "$PWD" "$(realpath -m "$OUT/server_bench.json")"
