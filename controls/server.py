@@ -583,6 +583,8 @@ class Server:
         self._held: set[bytes] = set()  # clients whose next request uses the engine: advanced after the batch
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)  # one reply buffer, reused by `_send`
         self._deadline = float("inf")
+        self._live_at_start = 0  # sessions live when the last batch started, and until when all are (`_batch_due`)
+        self._live_until = 0.0
         self._stop = False
         self.started = time.perf_counter()
         self.requests = self.errors = 0
@@ -753,10 +755,16 @@ class Server:
         return body
 
     def _batch_due(self, now: float) -> bool:
-        """Past the deadline, or every live session has its step in or on the engine (stops at the
-        first that has neither)."""
+        """Past the deadline, or every live session has its step in or on the engine.
+
+        Asked after every arrival, so the scan of all sessions is skipped while fewer steps are in
+        than sessions were live when the last batch started and all of those are live still: then
+        one of them is still to come."""
         if now >= self._deadline:
             return True
+        if (len(self._batched) + len(self._inflight) < min(self._live_at_start, len(self.host.sessions))
+                and now < self._live_until):
+            return False
         live = now - LIVE_WINDOW_S
         return all(id(s) in self._batched or id(s) in self._inflight
                    for s in self.host.sessions.values() if s.last_step >= live)
@@ -781,6 +789,8 @@ class Server:
     def _run_batch(self) -> None:
         batch = self._take_batch()
         start = time.perf_counter()
+        live = [s.last_step for s in self.host.sessions.values() if s.last_step >= start - LIVE_WINDOW_S]
+        self._live_at_start, self._live_until = len(live), min(live, default=start) + LIVE_WINDOW_S
         self.batch_wait_s += start - min(p.received for p in batch)
         tickets = [p.ticket for p in batch]
         self._inflight.update(id(t.session) for t in tickets)

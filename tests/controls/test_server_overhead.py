@@ -100,3 +100,28 @@ def test_the_bench_runs_each_mode_on_one_engine_and_prints_them_side_by_side(cap
     out = capsys.readouterr().out.splitlines()
     rows = out[out.index("modes side by side (one engine):") + 2:]
     assert [row.split()[:2] for row in rows] == [["inline", "4"], ["split", "4"], ["inline", "1"], ["split", "1"]]
+
+
+def test_a_batch_is_due_when_its_last_live_session_steps_and_not_before(serve_fake):
+    """`_batch_due` skips its scan while sessions live at the last batch are missing; it must still say
+    yes the moment the last one arrives, and yes once a missing one has left the live window."""
+    from controls.server import LIVE_WINDOW_S
+    server = serve_fake(3, batch_wait_ms=5000)
+    clients = [Client(server.endpoint, timeout_s=10) for _ in range(3)]
+    try:
+        sessions = [c.reset(seed=i)[0] for i, c in enumerate(clients)]
+        for t in range(3):  # all three live: each batch goes when the third step is in, long before 5 s
+            t0 = time.perf_counter()
+            ids = [c.send("step", action=[0] * 6, session=s) for c, s in zip(clients, sessions)]
+            infos = [c.recv(rid)["info"] for c, rid in zip(clients, ids)]
+            if t:
+                assert all(i["batch"] == 3 for i in infos) and time.perf_counter() - t0 < 2.0
+        # one goes quiet: the other two wait for it for the live window only, not the 5 s deadline
+        t0 = time.perf_counter()
+        ids = [c.send("step", action=[0] * 6, session=s) for c, s in zip(clients[:2], sessions[:2])]
+        infos = [c.recv(rid)["info"] for c, rid in zip(clients[:2], ids)]
+        waited = time.perf_counter() - t0
+        assert all(i["batch"] == 2 for i in infos) and 0.5 * LIVE_WINDOW_S <= waited < 2.0
+    finally:
+        for c in clients:
+            c.close()
