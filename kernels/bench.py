@@ -221,7 +221,7 @@ def bench_attention(table: Table, device, sweep: bool) -> None:
         flops = 4 * B * nh * N * keys * hd
         nbytes = (2 * B * nh * keys * hd + 2 * q.numel()) * 2
         shape = f"B{B} nh{nh} {N}q x {keys}k ({label})"
-        split = fa.auto_split(B, nh, N, frames, *fa.block_sizes(N, hd), fa.sm_count(device))
+        split = fa.plan(B, nh, N, frames, hd, fa.sm_count(device))[0]
         table.time("frame_attention", shape, f"triton (split {split})",
                    lambda: fa.frame_attention(q, kc, vc, rows, start, count), flops, nbytes)
         if split != 1:

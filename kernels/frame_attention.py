@@ -180,22 +180,34 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def block_sizes(N: int, hd: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for N tokens per frame: 128 x 64 tiles for big frames (hd <= 64),
-    shrunk to the frame for small ones (tl.dot wants >= 16)."""
+def block_sizes(N: int, hd: int, split: bool = False) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for N tokens per frame: 128 x 64 tiles for big frames (hd <= 64), and
+    64 x 128 when the window is split (few query rows: more, longer programs), shrunk to the frame
+    for small ones (tl.dot wants >= 16). From the H200 sweep (`--sweep`, BENCHMARKS.md): at the B1
+    issue shape 64 x 128 split 4 took 21.1 us against 29.7 for 128 x 64 split 9."""
     n_p2 = max(16, triton.next_power_of_2(N))
-    block_m = min(128 if hd <= 64 else 64, n_p2)
-    block_n = min(64, n_p2)
-    return block_m, block_n
+    if split:
+        return min(64, n_p2), min(128 if hd <= 64 else 64, n_p2)
+    return min(128 if hd <= 64 else 64, n_p2), min(64, n_p2)
 
 
 def auto_split(B: int, nh: int, N: int, S: int, block_m: int, block_n: int, sms: int) -> int:
-    """Programs sharing one window: enough to give ~2 programs per SM, each keeping >= 4 key tiles."""
+    """Programs sharing one window: about 2 programs per SM (rounded down), each keeping >= 4 key tiles."""
     programs = B * nh * triton.cdiv(N, block_m)
     if programs >= 2 * sms:
         return 1
     max_tiles = S * triton.cdiv(N, block_n)
-    return max(1, min(triton.cdiv(2 * sms, programs), max_tiles // 4, 16))
+    return max(1, min(2 * sms // programs, max_tiles // 4, 16))
+
+
+def plan(B: int, nh: int, N: int, S: int, hd: int, sms: int) -> tuple[int, int, int]:
+    """(split, BLOCK_M, BLOCK_N) chosen for a call: the full-grid tiles unless they leave the SMs
+    idle, then the split-KV tiles and their split count."""
+    bm, bn = block_sizes(N, hd)
+    if auto_split(B, nh, N, S, bm, bn, sms) == 1:
+        return 1, bm, bn
+    bm, bn = block_sizes(N, hd, split=True)
+    return auto_split(B, nh, N, S, bm, bn, sms), bm, bn
 
 
 def frame_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -215,10 +227,13 @@ def frame_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     S = k_cache.shape[2] // N
     assert k_cache.shape[2] == S * N and v_cache.shape == k_cache.shape, "caches must be [Bc, nh, S*N, hd]"
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
-    bm, bn = block_sizes(N, hd)
-    block_m, block_n = block_m or bm, block_n or bn
-    if split is None:
-        split = auto_split(B, nh, N, S, block_m, block_n, sm_count(q.device))
+    if split is None and block_m is None and block_n is None:
+        split, block_m, block_n = plan(B, nh, N, S, hd, sm_count(q.device))
+    else:
+        bm, bn = block_sizes(N, hd, split=split != 1)
+        block_m, block_n = block_m or bm, block_n or bn
+        if split is None:
+            split = auto_split(B, nh, N, S, block_m, block_n, sm_count(q.device))
     if out is None:
         out = torch.empty(B, N, nh * hd, device=q.device, dtype=q.dtype)
     assert out.shape == (B, N, nh * hd) and out.stride(-1) == 1
@@ -231,8 +246,8 @@ def frame_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         assert all(t.dtype == torch.float32 and t.is_contiguous() for t in partials), "partials are contiguous fp32"
     part_acc, part_max, part_sum = partials if split > 1 else (out, out, out)  # unused when split == 1
 
-    if num_warps is None:
-        num_warps = 8 if block_m >= 128 else 4
+    if num_warps is None:  # 4 warps: at 128 x 64 the B64 issue shape took 627 us against 668 with 8 (H200 sweep)
+        num_warps = 4
     if num_stages is None:
         num_stages = 3
     hd_p2 = max(16, triton.next_power_of_2(hd))
@@ -304,8 +319,9 @@ def _bench() -> None:
             print(f"  {name:<34} {ms * 1e3:9.1f} us call {graph} us graph {flops / best / 1e9:8.1f} TFLOP/s "
                   f"{nbytes / best / 1e6:8.1f} GB/s")
 
-        split = auto_split(B, nh, N, frames, *block_sizes(N, hd), sm_count(dev))
-        print(f"B{B} nh{nh} hd{hd} N{N} keys{keys}: {flops / 1e9:.2f} GFLOP, {nbytes / 1e6:.1f} MB, auto split {split}")
+        split, bm, bn = plan(B, nh, N, frames, hd, sm_count(dev))
+        print(f"B{B} nh{nh} hd{hd} N{N} keys{keys}: {flops / 1e9:.2f} GFLOP, {nbytes / 1e6:.1f} MB, "
+              f"auto split {split} ({bm} x {bn} tiles)")
         report(f"triton (split {split})", lambda: frame_attention(q, kc, vc, rows, start, count))
         if split != 1:
             report("triton (split 1)", lambda: frame_attention(q, kc, vc, rows, start, count, split=1))

@@ -82,10 +82,15 @@ def test_frame_attention_matches_reference(dtype, N, hd, win, lengths, rows, blo
 
 
 def test_frame_attention_split_heuristic():
-    # B1 issue shape on an H100 (132 SMs): 32 programs split 9 ways; B64: already full, no split
-    assert fa.auto_split(1, 16, 256, 17, 128, 64, 132) == 9
+    # B1 issue shape on an H100 (132 SMs): 32 programs of 128 x 64 tiles split 8 ways; B64: already full
+    assert fa.auto_split(1, 16, 256, 17, 128, 64, 132) == 8
     assert fa.auto_split(64, 12, 256, 17, 128, 64, 132) == 1
     assert fa.auto_split(1, 2, 9, 2, 16, 16, 132) == 1  # a window of 2 tiles is not worth splitting
+    # what a call picks: split-KV tiles (64 x 128) only where the full-grid ones leave SMs idle
+    assert fa.plan(1, 16, 256, 17, 64, 132) == (4, 64, 128)
+    assert fa.plan(64, 12, 256, 17, 64, 132) == (1, 128, 64)
+    assert fa.plan(1, 4, 64, 9, 64, 132) == (2, 64, 64)  # the small model, one player
+    assert fa.plan(64, 4, 64, 9, 64, 132) == (1, 64, 64)  # 64 players: 256 programs, no merge pass
 
 
 def test_frame_attention_non_contiguous_query():
