@@ -294,7 +294,9 @@ class Host:
             raise ProtocolError(LIMIT, f"snapshot limit reached ({len(mine)} of this client's, {total} in all): "
                                        "release some with close {snapshot}")
         snap = Snapshot(secrets.token_hex(8), owner, self.engine.snapshot(s.row),
-                        {"seed": s.seed, "tick": s.tick, "frame": s.frame, "policy": s.policy,
+                        # the frame copied: a view would keep its whole batch's frames alive (3 MB at 64 sessions)
+                        {"seed": s.seed, "tick": s.tick, "frame": None if s.frame is None else s.frame.copy(),
+                         "policy": s.policy,
                          "max_episode_steps": s.max_episode_steps, "latency_budget_ms": s.latency_budget_ms})
         mine[snap.token] = snap
         s.last_used = now

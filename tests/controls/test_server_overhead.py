@@ -125,3 +125,16 @@ def test_a_batch_is_due_when_its_last_live_session_steps_and_not_before(serve_fa
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_snapshot_keeps_its_own_frame_not_its_batch(serve_fake):
+    server = serve_fake(2, batch_wait_ms=1)
+    with Client(server.endpoint) as c:
+        s, _, _ = c.reset(seed=1)
+        c.step([0] * 6, s)
+        token = c.snapshot(s)
+    snaps = [snap for owned in server.host.snapshots.values() for snap in owned.values()]
+    assert token is not None and len(snaps) == 1
+    kept, live = snaps[0].facts["frame"], server.host.sessions[s].frame
+    assert np.array_equal(kept, live) and live.base is not None  # the session's frame is a row of its batch
+    assert kept.base is None  # the snapshot's is its own 12 KB, not a view holding the batch alive
