@@ -151,6 +151,7 @@ class Host:
         self.engine_step_s = 0.0          # inside engine.step
         self.engine_other_s = 0.0         # prompts (scene + engine.reset), snapshots, restores
         self.frames = 0
+        self.opened_or_closed = 0         # sessions opened or closed so far (the loop's due check reads it)
         self.batches = 0
         self.engine_ms_ema: float | None = None
         if self.config.record_dir:
@@ -217,10 +218,12 @@ class Host:
                     latency_budget_ms=self.config.latency_budget_ms)
         self.sessions[s.token] = s
         self._owned.setdefault(owner, {})[s.token] = s
+        self.opened_or_closed += 1
         return s
 
     def _close(self, s: Session, why: str) -> None:
         self.sessions.pop(s.token, None)
+        self.opened_or_closed += 1
         mine = self._owned.get(s.owner, {})
         mine.pop(s.token, None)
         if not mine:
@@ -587,6 +590,7 @@ class Server:
         self._deadline = float("inf")
         self._live_at_start = 0  # sessions live when the last batch started, and until when all are (`_batch_due`)
         self._live_until = 0.0
+        self._sessions_changed_at_start = -1
         self._stop = False
         self.started = time.perf_counter()
         self.requests = self.errors = 0
@@ -760,12 +764,12 @@ class Server:
         """Past the deadline, or every live session has its step in or on the engine.
 
         Asked after every arrival, so the scan of all sessions is skipped while fewer steps are in
-        than sessions were live when the last batch started and all of those are live still: then
-        one of them is still to come."""
+        than sessions were live when the last batch started, all of those are live still and none
+        was opened or closed since: then one of them is still to come."""
         if now >= self._deadline:
             return True
-        if (len(self._batched) + len(self._inflight) < min(self._live_at_start, len(self.host.sessions))
-                and now < self._live_until):
+        if (len(self._batched) + len(self._inflight) < self._live_at_start and now < self._live_until
+                and self.host.opened_or_closed == self._sessions_changed_at_start):
             return False
         live = now - LIVE_WINDOW_S
         return all(id(s) in self._batched or id(s) in self._inflight
@@ -793,6 +797,7 @@ class Server:
         start = time.perf_counter()
         live = [s.last_step for s in self.host.sessions.values() if s.last_step >= start - LIVE_WINDOW_S]
         self._live_at_start, self._live_until = len(live), min(live, default=start) + LIVE_WINDOW_S
+        self._sessions_changed_at_start = self.host.opened_or_closed
         self.batch_wait_s += start - min(p.received for p in batch)
         tickets = [p.ticket for p in batch]
         self._inflight.update(id(t.session) for t in tickets)

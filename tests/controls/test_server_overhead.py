@@ -138,3 +138,23 @@ def test_a_snapshot_keeps_its_own_frame_not_its_batch(serve_fake):
     kept, live = snaps[0].facts["frame"], server.host.sessions[s].frame
     assert np.array_equal(kept, live) and live.base is not None  # the session's frame is a row of its batch
     assert kept.base is None  # the snapshot's is its own 12 KB, not a view holding the batch alive
+
+
+def test_a_batch_is_due_at_once_when_a_live_session_closes(serve_fake):
+    """A closed session is not waited for: the due check's shortcut is off once sessions change."""
+    server = serve_fake(4, batch_wait_ms=5000)
+    clients = [Client(server.endpoint, timeout_s=10) for _ in range(4)]
+    try:
+        sessions = [c.reset(seed=i)[0] for i, c in enumerate(clients)]  # the fourth never steps
+        for _ in range(2):  # three live sessions, batches of three
+            ids = [c.send("step", action=[0] * 6, session=s) for c, s in zip(clients[:3], sessions[:3])]
+            infos = [c.recv(rid)["info"] for c, rid in zip(clients[:3], ids)]
+        assert all(i["batch"] == 3 for i in infos)
+        clients[2].close_session(sessions[2])
+        t0 = time.perf_counter()
+        ids = [c.send("step", action=[0] * 6, session=s) for c, s in zip(clients[:2], sessions[:2])]
+        infos = [c.recv(rid)["info"] for c, rid in zip(clients[:2], ids)]
+        assert all(i["batch"] == 2 for i in infos) and time.perf_counter() - t0 < 0.15
+    finally:
+        for c in clients:
+            c.close()
