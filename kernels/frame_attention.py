@@ -230,10 +230,12 @@ def frame_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if split is None and block_m is None and block_n is None:
         split, block_m, block_n = plan(B, nh, N, S, hd, sm_count(q.device))
     else:
-        bm, bn = block_sizes(N, hd, split=split != 1)
+        bm, bn = block_sizes(N, hd, split=split is not None and split > 1)
         block_m, block_n = block_m or bm, block_n or bn
         if split is None:
             split = auto_split(B, nh, N, S, block_m, block_n, sm_count(q.device))
+    if split < 1:
+        raise ValueError(f"split must be >= 1 (programs per window), got {split}")
     if out is None:
         out = torch.empty(B, N, nh * hd, device=q.device, dtype=q.dtype)
     assert out.shape == (B, N, nh * hd) and out.stride(-1) == 1

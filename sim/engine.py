@@ -73,6 +73,8 @@ class WorldSim:
         # made a frame ahead while the host waits for the GPU anyway (sim.noise)
         self.noise = NoiseStreams(self.num_sessions, self.device, seed)
         self._prompted = np.zeros(self.num_sessions, dtype=bool)
+        # recorded after each frame's cache pass, which runs after step() returns (see _step_few)
+        self._commit_done = torch.cuda.Event() if self.device.type == "cuda" else None
         few_step = self.config.get("sampler", {})
         self.few_step = few_step.get("kind") == "few-step"
         if self.few_step:
@@ -267,6 +269,9 @@ class WorldSim:
         B, k_max = rows.numel(), alloc.cfg.k_max
         alloc.begin_frame()
         t0 = time.perf_counter()
+        # the last frame's cache pass may still be on the GPU, ahead of this frame's first step: that
+        # step's time then is not a step's cost, and the cost model does not learn it
+        commit_pending = self._commit_done is not None and not self._commit_done.query()
         # every frame takes k_max draws from each session's stream, whatever it spends: a session's
         # noise then depends on its seed and frame number only, not on how many steps earlier
         # frames took (so settings compared on the same seeds see the same noise)
@@ -297,7 +302,8 @@ class WorldSim:
             decided = alloc.decided(k)
             if decided is None:  # the allocator reads this step's confidences: wait for them
                 conf_np = conf.float().cpu().numpy()  # the copy synchronises: the step time is real
-                alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
+                if not (k == 1 and commit_pending):
+                    alloc.cost.record_step(len(active), (time.perf_counter() - t_step) * 1e3)
                 still = active[~alloc.stop(k, conf_np, B)]
             else:
                 still = active[:0] if decided else active
@@ -326,6 +332,8 @@ class WorldSim:
             self.cache.advance(rows)  # each session's slot already holds its exit step's K/V
         else:
             commit_frame(self.net, self.cache, x0, a, self.sampler, rows)
+        if self._commit_done is not None:
+            self._commit_done.record()
         passes = steps + (0 if self.cache_last_step and observe is None else 1)
         reports = []
         for i in range(B):

@@ -46,6 +46,7 @@ ATTENTION_CASES = [
     (40, 16, 2, [6, 1], [1, 0], (16, 16)),
     (9, 16, 4, ([3, 1, 4, 2], [2, 5, 3, 1]), [0, 3, 2, 1], None),
     (9, 8, 2, [2, 5], [0, 1], None),  # hd below tl.dot's 16: padded
+    (128, 16, 2, [2, 1], [1, 0], None),  # split-KV with the 64 x 128 tiles the GPU takes for long frames
 ]
 
 
@@ -91,6 +92,9 @@ def test_frame_attention_split_heuristic():
     assert fa.plan(64, 12, 256, 17, 64, 132) == (1, 128, 64)
     assert fa.plan(1, 4, 64, 9, 64, 132) == (2, 64, 64)  # the small model, one player
     assert fa.plan(64, 4, 64, 9, 64, 132) == (1, 64, 64)  # 64 players: 256 programs, no merge pass
+    q, kc = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 32, 16)
+    with pytest.raises(ValueError, match="split must be >= 1"):  # an empty grid would return garbage
+        fa.frame_attention(q, kc, kc, torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), split=0)
 
 
 def test_frame_attention_non_contiguous_query():

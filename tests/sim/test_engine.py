@@ -207,3 +207,26 @@ def test_a_students_noise_is_drawn_ahead_without_changing_its_stream(tiny_studen
     second = [sim.step(actions(2, t))[0][1] for t in range(3)]
     for x, y in zip(first, second):
         assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("student", [False, True])
+def test_frames_are_the_same_with_and_without_noise_drawn_ahead(tiny_checkpoint, tiny_student_checkpoint, student):
+    runs = []
+    for ahead in (True, False):
+        if student:
+            sim = WorldSim.load(tiny_student_checkpoint, num_sessions=3, device="cpu",
+                                allocator=AllocatorConfig(mode="adaptive", k_max=4, tau=1.0))
+        else:
+            sim = sim_of(tiny_checkpoint, 3)
+        if not ahead:
+            sim.noise.prefetch = lambda rows, shape: None
+        sim.reset(*prompt(3, seed=9), seeds=[1, 2, 3])
+        frames = [sim.step(actions(3, 0))[0], sim.step(actions(2, 1), sessions=[0, 2])[0]]
+        snap = sim.snapshot(2)
+        sim.reset(*prompt(1, seed=4), sessions=[1], seeds=[7])  # a reseed with a draw ahead pending
+        frames.append(sim.step(actions(3, 2))[0])
+        sim.restore(0, snap)
+        frames += [sim.step(actions(3, t))[0] for t in range(2)]
+        runs.append(frames)
+    for with_ahead, without in zip(*runs):
+        np.testing.assert_array_equal(with_ahead, without)
