@@ -151,6 +151,16 @@ def check_request(message: dict) -> tuple[str, dict]:
     if rid is not None and request_id(message) is None:
         raise ProtocolError(BAD_REQUEST, "id must be an integer or a string of at most 64 characters")
     op = message.get("op")
+    if op == "step":  # the request a running agent sends most: {op, id?, action, session?}, checked in place
+        action = message.get("action")
+        others = len(message) - 1 - ("id" in message)  # fields besides op and id
+        if type(action) is list:
+            if others == 1:
+                return op, {"action": action}
+            session = message.get("session")
+            if others == 2 and _token(session):
+                return op, {"action": action, "session": session}
+        # anything else about it: the general checks below name what is wrong
     if not isinstance(op, str):
         raise ProtocolError(BAD_REQUEST, f"a request needs an op string, one of {list(OPS)}")
     if op not in OP_FIELDS:

@@ -108,3 +108,15 @@ def test_any_map_is_a_checked_request_or_a_protocol_error(op, fields):
         assert e.code in P.ERROR_CODES and e.message
     else:
         assert got_op in P.OPS and "id" not in got
+
+
+def test_steps_checked_in_place_agree_with_the_general_checks():
+    """A step takes a short path through check_request; what it accepts and refuses is unchanged."""
+    assert P.check_request({"op": "step", "action": [0, 1]}) == ("step", {"action": [0, 1]})
+    assert P.check_request({"op": "step", "id": None, "action": [1], "session": "s1"}) == \
+        ("step", {"action": [1], "session": "s1"})
+    refused(P.BAD_REQUEST, P.check_request, {"op": "step", "id": [1], "action": [1]})       # a bad id
+    assert "not ['foo']" in refused(P.BAD_REQUEST, P.check_request, {"op": "step", "action": [1], "foo": 1})
+    refused(P.BAD_REQUEST, P.check_request, {"op": "step", "action": [1], "session": ""})   # an empty token
+    refused(P.BAD_REQUEST, P.check_request, {"op": "step", "action": [1], "session": "s", "x": 2})
+    refused(P.BAD_REQUEST, P.check_request, {"op": "step", "action": (1,), "session": "s"})  # not a list
