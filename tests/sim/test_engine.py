@@ -68,16 +68,21 @@ def test_observed_real_frames_replace_the_models_own_context(tiny_checkpoint):
     assert not np.array_equal(out_free[-1], out_forced[-1])
 
 
-def test_snapshot_restore_branches_a_session(tiny_checkpoint):
-    sim = sim_of(tiny_checkpoint, 2)
-    sim.reset(*prompt(2, seed=4))
-    rollout(sim, 2)
+def assert_branches_identically(sim):
+    """Session 0's snapshot restored into row 1 continues exactly as session 0 went on (two sessions)."""
     snap = sim.snapshot(0)
     first = [sim.step(actions(2, t))[0][0] for t in range(3)]
     sim.restore(1, snap)
     second = [sim.step(actions(2, t))[0][1] for t in range(3)]
     for x, y in zip(first, second):
         assert np.array_equal(x, y)
+
+
+def test_snapshot_restore_branches_a_session(tiny_checkpoint):
+    sim = sim_of(tiny_checkpoint, 2)
+    sim.reset(*prompt(2, seed=4))
+    rollout(sim, 2)
+    assert_branches_identically(sim)
 
 
 def test_bad_input_gets_one_clear_error(tiny_checkpoint):
@@ -201,12 +206,7 @@ def test_a_students_noise_is_drawn_ahead_without_changing_its_stream(tiny_studen
     for _ in range(2):
         torch.randn((4, *sim.latent_shape), generator=plain)
     assert torch.equal(sim.noise.state(0), plain.get_state())
-    snap = sim.snapshot(0)
-    first = [sim.step(actions(2, t))[0][0] for t in range(3)]
-    sim.restore(1, snap)
-    second = [sim.step(actions(2, t))[0][1] for t in range(3)]
-    for x, y in zip(first, second):
-        assert np.array_equal(x, y)
+    assert_branches_identically(sim)
 
 
 @pytest.mark.parametrize("student", [False, True])
