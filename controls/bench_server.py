@@ -6,6 +6,7 @@
     python -m controls.bench_server --tiny --device cpu --seconds 2      # a smoke run with a random tiny model
     python -m controls.bench_server --tiny-student --device cpu --steps adaptive --seconds 2
     python -m controls.bench_server --fake-engine --sessions 64 --multiplexed --batch-wait-ms 50  # the server alone
+    python -m controls.bench_server --logic-only --sessions 64   # its Python per request, sockets taken out too
 
 Starts a server on 127.0.0.1 (a subprocess; `--in-process` runs its loop on a thread here),
 then two phases, each after a warm-up:
@@ -119,6 +120,57 @@ class FakeEngine:
 
     def restore(self, session: int, snap: dict) -> None:
         pass
+
+
+def logic_only(sessions: int, batches: int = 1500, resolution: int = 128) -> dict:
+    """The server's own Python per request with the sockets taken out (`--logic-only`).
+
+    A Server over a FakeEngine; each round hands `sessions` packed step requests straight to
+    the loop's handler (asking whether the batch is due after each, as the loop does), runs the
+    full batch and builds, packs and drops its replies. Medians over rounds after the first 100:
+    what is left for zmq (recv, send) and the engine is outside these figures.
+    """
+    import msgpack
+    from controls.server import Host, Server, ServerConfig
+
+    class Dropped:  # stands in for the ROUTER socket: every reply is packed, then dropped
+        def send(self, *args, **kwargs) -> None:
+            pass
+
+    config = ServerConfig(bind="tcp://127.0.0.1:*", max_sessions=sessions, batch_wait_ms=60_000)
+    server = Server(Host(FakeEngine(sessions, resolution=resolution), config), config)
+    socket, server.socket = server.socket, Dropped()
+    try:
+        owners = [b"client-%04d" % i for i in range(sessions)]
+        for i, owner in enumerate(owners):
+            server._on_message([owner, msgpack.packb({"op": "reset", "id": 0, "seed": i})], time.perf_counter())
+        steps = [[o, msgpack.packb({"op": "step", "id": 1, "session": next(iter(server.host._owned[o])),
+                                    "action": [0, 1, 0, 0, 1, 0]})] for o in owners]
+        receive, run = [], []
+        for _ in range(batches + 100):
+            t0 = time.perf_counter()
+            for message in steps:
+                server._on_message(message, time.perf_counter())
+                server._batch_due(time.perf_counter())
+            t1 = time.perf_counter()
+            if len(server.batch) != sessions:
+                raise RuntimeError(f"a round gathered {len(server.batch)} of {sessions} steps")
+            server._run_batch()
+            receive.append(t1 - t0)
+            run.append(time.perf_counter() - t1)
+    finally:
+        server.socket = socket
+        server._release()
+    rx, tx = float(np.median(receive[100:])), float(np.median(run[100:]))
+    result = {"sessions": sessions, "batches": batches, "frame_shape": [resolution, resolution, 3],
+              "receive_ms_per_batch": 1e3 * rx, "receive_us_per_request": 1e6 * rx / sessions,
+              "run_and_replies_ms_per_batch": 1e3 * tx, "run_and_replies_us_per_request": 1e6 * tx / sessions}
+    print(f"dsa-sim server logic, sockets taken out, {sessions} sessions, {resolution}x{resolution} frames, "
+          f"median of {batches} batches: receiving + checks + batching {result['receive_ms_per_batch']:.3f} ms "
+          f"per batch ({result['receive_us_per_request']:.1f} us per request); fake engine + reply bodies + "
+          f"packing {result['run_and_replies_ms_per_batch']:.3f} ms ({result['run_and_replies_us_per_request']:.1f} "
+          "us per request)")
+    return result
 
 
 class ServerUnderTest:
@@ -387,6 +439,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the same, marked as a distilled few-step student (k_max 4): for --steps adaptive")
     p.add_argument("--fake-engine", action="store_true",
                    help="serve (in-process) from a stand-in engine that answers at once: the server's own cost")
+    p.add_argument("--logic-only", action="store_true",
+                   help="no sockets and no clients: the fake engine, requests handed to the server's handlers "
+                        "directly, replies packed and dropped (the server's own Python per request)")
     p.add_argument("--device", default=None, help="the server's device (default: CUDA if present)")
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
@@ -420,6 +475,13 @@ def main(argv: list[str] | None = None) -> dict:
     clients = "multiplexed" if args.multiplexed else "processes" if args.processes else "threads"
     if args.sessions < 1 or args.seconds <= 0:
         p.error("--sessions must be >= 1 and --seconds > 0")
+    if args.logic_only:
+        if args.checkpoint or args.tiny or args.tiny_student or args.steps is not None or args.tau is not None:
+            p.error("--logic-only runs the fake engine: drop --checkpoint, --tiny, --steps and --tau")
+        result = logic_only(args.sessions)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return result
 
     from sim.bundle import shipped_checkpoint
     tmp = None

@@ -87,6 +87,14 @@ def test_the_fake_engine_bench_measures_the_server_alone(capsys):
         bench(["--fake-engine", "--steps", "2"])
 
 
+def test_the_logic_only_bench_times_the_handlers_without_sockets(tmp_path, capsys):
+    result = bench(["--logic-only", "--sessions", "8", "--json", str(tmp_path / "logic.json")])
+    assert result["sessions"] == 8 and result["receive_us_per_request"] > 0 and result["run_and_replies_us_per_request"] > 0
+    assert "us per request" in capsys.readouterr().out and (tmp_path / "logic.json").exists()
+    with pytest.raises(SystemExit):
+        bench(["--logic-only", "--tau", "0.5"])
+
+
 def test_the_bench_runs_each_mode_on_one_engine_and_prints_them_side_by_side(capsys):
     result = bench(["--fake-engine", "--sessions", "4", "--multiplexed", "--seconds", "0.3", "--warmup", "0.1",
                     "--modes", "inline", "split", "--split-batches-at", "4"])
