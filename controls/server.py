@@ -89,7 +89,9 @@ class ServerConfig:
 
 
 # ---- the engine side --------------------------------------------------------------------------
-@dataclass(slots=True)  # one per session / request: fixed fields, cheaper to make and read
+# The records made per session, snapshot, client and request are slotted dataclasses: fixed
+# fields, cheaper to make and to read on the per-request path.
+@dataclass(slots=True)
 class Session:
     token: str
     owner: bytes
@@ -107,7 +109,7 @@ class Session:
     record_tick: int = 0
 
 
-@dataclass(slots=True)  # one per session / request: fixed fields, cheaper to make and read
+@dataclass(slots=True)
 class Snapshot:
     token: str
     owner: bytes
@@ -115,7 +117,7 @@ class Snapshot:
     facts: dict                         # seed, tick, frame, policy, max_episode_steps, latency_budget_ms
 
 
-@dataclass(slots=True)  # one per session / request: fixed fields, cheaper to make and read
+@dataclass(slots=True)
 class StepTicket:
     session: Session
     action: np.ndarray                  # float32 [A]
@@ -478,7 +480,7 @@ def check_bind(config: ServerConfig) -> None:
                          "--make-keys DIR) or, on a network you trust, --insecure")
 
 
-@dataclass(slots=True)  # one per session / request: fixed fields, cheaper to make and read
+@dataclass(slots=True)
 class Pending:
     """One request from one client, between arrival and reply."""
     envelope: list[bytes]               # routing frames to send the reply back with
@@ -490,7 +492,7 @@ class Pending:
     ticket: StepTicket | None = None
 
 
-@dataclass(slots=True)  # one per session / request: fixed fields, cheaper to make and read
+@dataclass(slots=True)
 class ClientState:
     queue: deque = field(default_factory=deque)   # requests not yet answered, in arrival order
     inflight: list = field(default_factory=list)  # its steps in the batch being gathered

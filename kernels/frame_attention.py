@@ -202,12 +202,14 @@ def auto_split(B: int, nh: int, N: int, S: int, block_m: int, block_n: int, sms:
 
 def plan(B: int, nh: int, N: int, S: int, hd: int, sms: int) -> tuple[int, int, int]:
     """(split, BLOCK_M, BLOCK_N) chosen for a call: the full-grid tiles unless they leave the SMs
-    idle, then the split-KV tiles and their split count."""
-    bm, bn = block_sizes(N, hd)
-    if auto_split(B, nh, N, S, bm, bn, sms) == 1:
-        return 1, bm, bn
-    bm, bn = block_sizes(N, hd, split=True)
-    return auto_split(B, nh, N, S, bm, bn, sms), bm, bn
+    idle, then the split-KV tiles and their split count (the full-grid tiles again if that is 1)."""
+    full = block_sizes(N, hd)
+    if auto_split(B, nh, N, S, *full, sms) > 1:
+        tiles = block_sizes(N, hd, split=True)
+        split = auto_split(B, nh, N, S, *tiles, sms)
+        if split > 1:
+            return split, *tiles
+    return 1, *full
 
 
 def frame_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -297,7 +297,7 @@ class WorldSim:
                 x0[idx] = torch.addcmul(x[idx], v, lx[k - 1], value=-1.0)
                 conf_all[idx, k - 1] = conf.to(conf_all.dtype)  # an indexed put does not cast; a copy does
             if k == 1:  # the next frame's noise, drawn while the GPU runs this step (sim.noise)
-                self.noise.prefetch(ids.tolist(), noise.shape[1:])
+                self.noise.prefetch(ids.tolist(), self._noise_shape(k_max))
             steps[active] = k
             decided = alloc.decided(k)
             if decided is None:  # the allocator reads this step's confidences: wait for them
