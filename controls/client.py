@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+from zmq.utils.monitor import recv_monitor_message
 
 from controls.protocol import (DEFAULT_ENDPOINT, NO_SESSION, NO_SNAPSHOT, ProtocolError, check_request, decode_frame,
                                pack, unpack_reply)
@@ -151,8 +152,10 @@ class Calls(abc.ABC):
 class Client(Calls):
     """A DEALER socket to one server. Not thread-safe: one Client per thread.
 
-    timeout_s bounds both connecting (a send waits for a connection) and each reply.
-    CURVE: server_key is the server's public certificate file, client_key this client's
+    timeout_s bounds each reply (a request to a server not reached yet goes out once it is: a
+    server that starts within the timeout answers it). A reply that has arrived stays readable
+    when the server goes away (so no ZMQ_IMMEDIATE: it drops what a lost connection had brought
+    in); a socket monitor says whether the server was ever reached, for the error. CURVE: server_key is the server's public certificate file, client_key this client's
     secret certificate file (both made by `python -m controls.server --make-keys DIR`).
     """
 
@@ -162,8 +165,9 @@ class Client(Calls):
         self.timeout_s = float(timeout_s)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a server that is not there
-        self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1e3))
+        self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1e3))  # (only a full send queue blocks)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._reached = self._up = False  # ever handshaken with a server; connected at the last event read
         if server_key:
             from zmq.auth import load_certificate
             if not client_key:
@@ -185,10 +189,22 @@ class Client(Calls):
         try:
             self._socket.send(pack(message))
         except zmq.Again:
-            raise ServerGone(f"cannot reach the dsa-sim server at {self.endpoint} within {self.timeout_s:g} s: start "
-                             f"one with `python -m controls.server --checkpoint DIR --bind {self.endpoint}`") from None
+            raise self._gone(f"{len(self._waiting)} requests are waiting to go out") from None
         self._waiting[rid] = op
         return rid
+
+    def _gone(self, what: str) -> ServerGone:
+        """ServerGone, saying whether the server was ever reached (from the monitor's events)."""
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            self._reached |= event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self._up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        if not self._up:
+            where = "stopped or crashed" if self._reached else "not running there"
+            return ServerGone(f"cannot reach the dsa-sim server at {self.endpoint} ({what}; it is {where}): start "
+                              f"one with `python -m controls.server --checkpoint DIR --bind {self.endpoint}`")
+        return ServerGone(f"no reply from the dsa-sim server at {self.endpoint}, which is connected ({what}): "
+                          "it is overloaded or stuck")
 
     def recv(self, request_id: int) -> dict:
         if request_id not in self._waiting:
@@ -197,9 +213,7 @@ class Client(Calls):
         while request_id not in self._replies:
             left = deadline - time.monotonic()
             if left <= 0 or not self._socket.poll(left * 1e3, zmq.POLLIN):
-                op = self._waiting.pop(request_id)
-                raise ServerGone(f"no reply from the dsa-sim server at {self.endpoint} within {self.timeout_s:g} s "
-                                 f"to {op!r}: it has stopped, crashed or is overloaded")
+                raise self._gone(f"no reply to {self._waiting.pop(request_id)!r} within {self.timeout_s:g} s")
             reply = unpack_reply(self._socket.recv())
             if reply.get("id") in self._waiting:  # else a late reply to a request that timed out
                 self._replies[reply["id"]] = reply
@@ -207,6 +221,8 @@ class Client(Calls):
 
     def close(self) -> None:
         if not self._socket.closed:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
             self._socket.close(linger=0)
 
     def __enter__(self) -> "Client":

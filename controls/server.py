@@ -930,9 +930,24 @@ class Server:
         for client in self.clients.values():
             for p in client.queue:
                 self._reply(p, bye)
+        self._refuse_unread(bye)
         self.batch, self._batched, self.clients = [], set(), {}
         self.host.close_all()
         self._release(linger_ms=200)
+
+    def _refuse_unread(self, bye: ProtocolError, most: int = 4096) -> None:
+        """Answer what arrived but was not read yet (the loop stopped first) with `bye`, after the
+        replies to each client's earlier requests: a client waiting on it hears the server is going."""
+        for _ in range(most):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+            rid = None
+            with contextlib.suppress(Exception):  # a malformed request still hears why it is not served
+                rid = request_id(unpack_request(frames[len(envelope)], self.limits))
+            self._reply(Pending(envelope, rid, None, None, 0.0), bye)
 
     def _release(self, linger_ms: int = 0) -> None:
         self.socket.close(linger=linger_ms)

@@ -337,7 +337,32 @@ def test_no_server_is_a_clear_error():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with Client(f"tcp://127.0.0.1:{port}", timeout_s=0.3) as c:
-        with pytest.raises(ServerGone, match="cannot reach the dsa-sim server.*controls.server"):
+        with pytest.raises(ServerGone, match="cannot reach the dsa-sim server.*not running there.*controls.server"):
+            c.ping()
+
+
+def test_a_connected_server_that_does_not_answer_is_called_stuck_not_absent():
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # takes requests, never replies
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout_s=0.5) as c:
+            with pytest.raises(ServerGone, match="no reply from the dsa-sim server.*which is connected.*'ping'"):
+                c.ping()
+    finally:
+        silent.close()
+
+
+def test_a_reply_that_arrived_stays_readable_after_the_server_is_gone(start_server):
+    served = start_server(max_sessions=1)
+    with Client(served.endpoint, timeout_s=10) as c:
+        rid = c.send("ping")
+        assert c._socket.poll(10_000, zmq.POLLIN)  # the reply is here, not read yet
+        served.stop()  # the server closes its socket: the connection drops
+        time.sleep(0.3)
+        assert c.recv(rid)["pong"]
+        c.timeout_s = 0.5
+        with pytest.raises(ServerGone, match="cannot reach.*stopped or crashed"):
             c.ping()
 
 

@@ -4,8 +4,10 @@ answer every step."""
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from controls import protocol as P
 from controls.bench_server import FakeEngine
@@ -150,9 +152,45 @@ def test_stopping_while_a_batch_is_on_the_engine_answers_it_with_its_frame(serve
     with Client(server.endpoint, timeout_s=10) as c:
         session, _, _ = c.reset(seed=1)
         rid = c.send("step", action=[0] * A, session=session)
-        time.sleep(0.2)  # the step is on the engine now
+        deadline = time.monotonic() + 10
+        while not engine.stepping and time.monotonic() < deadline:  # until the step is on the engine
+            time.sleep(0.005)
+        assert engine.stepping
         server.stop()
         reply = c.recv(rid)
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert "error" not in reply and reply["info"]["tick"] == 1
+
+
+def test_requests_not_yet_read_when_the_loop_stops_hear_it_is_shutting_down():
+    engine = SlowEngine(1)
+    config = ServerConfig(bind="tcp://127.0.0.1:*", max_sessions=1, overlap=True)
+    server = Server(Host(engine, config), config)
+    # the socket stays open until the replies are read here (a client disconnected from drops what
+    # it had not read yet, and this test reads them only after the server is through)
+    read, release = threading.Event(), server._release
+    server._release = lambda **kw: (read.wait(10), release(**kw))
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.endpoint)
+    try:
+        raw.send(msgpack.packb({"op": "ping", "id": 7}))
+        raw.send(b"not msgpack")  # a malformed one too: it is answered like the rest
+        assert server.socket.poll(5000, zmq.POLLIN)  # arrived; the loop has not started, so not read
+        time.sleep(0.2)  # (the second one too: one connection, in order)
+        server.stop()
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()  # stops at once, through the shutdown
+        replies = []
+        for _ in range(2):
+            assert raw.poll(5000, zmq.POLLIN)
+            replies.append(msgpack.unpackb(raw.recv()))
+        read.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert [r["error"]["code"] for r in replies] == [P.SHUTTING_DOWN] * 2
+        assert [r["id"] for r in replies] == [7, None]
+    finally:
+        read.set()
+        raw.close()
