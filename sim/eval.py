@@ -956,6 +956,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context-noise", type=float, default=None, metavar="LEVEL",
                    help="commit each finished frame to the cache labelled with this noise level (the "
                         "teacher saw context at levels 0-0.1 in training; default: the checkpoint's, 0)")
+    p.add_argument("--shift", type=float, default=None, metavar="S",
+                   help="a teacher's sampler shift of its Euler noise levels (default: the engine's, 3); "
+                        "higher spends more of the steps at high noise")
     p.add_argument("--long", type=int, default=None, metavar="N",
                    help="instead of the tables above: a free rollout of N frames per seed beside the real scene, "
                         "sharpness and colour per window against the real frames' (eval.json['long_rollout'], "
@@ -978,6 +981,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--shares must lie in (0, 1), got {args.shares}")
     if args.shares and args.long:
         p.error("--shares are not measured with --long")
+    if args.shift is not None and not args.shift > 0:
+        p.error(f"--shift must be > 0, got {args.shift}")
+    if args.shift is not None and args.dsa:
+        p.error("--shift sets a teacher's Euler levels; a student's levels are fixed by its training")
     if args.context_noise is not None and not 0.0 <= args.context_noise < 1.0:
         p.error(f"--context-noise must lie in [0, 1), got {args.context_noise}")
     return args
@@ -1000,6 +1007,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {e}")
     if args.context_noise is not None:
         sim.sampler.context_noise = args.context_noise
+    if args.shift is not None:
+        sim.sampler.shift = args.shift
     if args.dsa and not getattr(sim, "few_step", False):
         sys.exit(f"error: --dsa measures a distilled student; {checkpoint} is a many-step teacher")
     scene = args.scene or sim.scene
@@ -1015,6 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = {"checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "scene": scene,
               "device": str(getattr(sim, "device", args.device)),
               "context_noise": float(getattr(getattr(sim, "sampler", None), "context_noise", 0.0)),
+              "shift": float(getattr(getattr(sim, "sampler", None), "shift", float("nan"))),
               "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.long:
         report = run_long(sim, scene, seeds, args.long, args.long_window, context=args.context, policies=args.policies,

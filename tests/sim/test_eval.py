@@ -314,3 +314,16 @@ def test_context_noise_labels_the_committed_frames_and_changes_what_follows(tiny
     assert psnr[0] != psnr[1]  # the cache holds different K/V, so the rollout differs
     with pytest.raises(SystemExit):
         ev.parse_args(["--context-noise", "1.5"])
+
+
+def test_shift_moves_a_teachers_euler_levels_and_so_its_frames(tiny_checkpoint, tmp_path):
+    common = ["--checkpoint", str(tiny_checkpoint), "--seeds", "1", "--horizon", "2", "--steps", "2",
+              "--policies", "explore", "--device", "cpu"]
+    default = ev.main(common + ["--out", str(tmp_path / "default")])
+    shifted = ev.main(common + ["--shift", "8", "--out", str(tmp_path / "shifted")])
+    assert default["config"]["shift"] == 3.0 and shifted["config"]["shift"] == 8.0
+    psnr = [r["results"]["explore"]["steps2"]["next_frame"]["psnr"]["mean"] for r in (default, shifted)]
+    assert psnr[0] != psnr[1]  # the middle level differs (0.75 at shift 3, 0.89 at 8)
+    for bad in (["--shift", "0"], ["--dsa", "--shift", "2"]):
+        with pytest.raises(SystemExit):
+            ev.parse_args(bad)
