@@ -155,8 +155,9 @@ class Client(Calls):
     timeout_s bounds each reply (a request to a server not reached yet goes out once it is: a
     server that starts within the timeout answers it). A reply that has arrived stays readable
     when the server goes away (so no ZMQ_IMMEDIATE: it drops what a lost connection had brought
-    in); a socket monitor says whether the server was ever reached, for the error. CURVE: server_key is the server's public certificate file, client_key this client's
-    secret certificate file (both made by `python -m controls.server --make-keys DIR`).
+    in); a socket monitor says whether the server was ever reached, for the error.
+    CURVE: server_key is the server's public certificate file, client_key this client's secret
+    certificate file (both made by `python -m controls.server --make-keys DIR`).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 30.0, *,

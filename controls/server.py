@@ -498,6 +498,13 @@ class ClientState:
     inflight: list = field(default_factory=list)  # its steps in the batch being gathered
 
 
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(routing frames, body frames) of a message from the ROUTER socket: DEALER clients send
+    [payload], REQ clients [b"", payload]; the reply goes back in the same envelope."""
+    envelope = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+    return envelope, frames[len(envelope):]
+
+
 class EngineThread:
     """Runs one job at a time (a batch's `Host.step_engine`) on a thread of its own.
 
@@ -692,9 +699,7 @@ class Server:
     def _on_message(self, frames: list[bytes], now: float) -> None:
         self.requests += 1
         owner = frames[0]
-        # DEALER clients send [payload]; REQ clients [b"", payload]: answer in the same envelope
-        envelope = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
-        body = frames[len(envelope):]
+        envelope, body = split_envelope(frames)
         client = self.clients.get(owner)
         if client is None:  # (setdefault would build a ClientState for every request)
             client = self.clients[owner] = ClientState()
@@ -943,10 +948,10 @@ class Server:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            envelope = frames[:2] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+            envelope, body = split_envelope(frames)
             rid = None
             with contextlib.suppress(Exception):  # a malformed request still hears why it is not served
-                rid = request_id(unpack_request(frames[len(envelope)], self.limits))
+                rid = request_id(unpack_request(body[0], self.limits))
             self._reply(Pending(envelope, rid, None, None, 0.0), bye)
 
     def _release(self, linger_ms: int = 0) -> None:
