@@ -59,6 +59,7 @@ class TrainConfig:
     height: int = 128  # frame height in pixels (multiple of 8)
     lr: float = 0.0  # learning rate; 0 = the stage default (ae 1e-3, teacher 3e-4, distill 2e-5)
     warmup_steps: int = 300  # linear learning-rate warm-up
+    lr_final: float = 1.0  # learning rate at the end of this time box, as a share of lr (cosine from 1); 1 = constant
     weight_decay: float = 0.01  # AdamW weight decay
     grad_clip: float = 1.0  # gradient norm clip
     ema: float = 0.999  # EMA decay of the weights the checkpoint carries
@@ -149,8 +150,16 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-def lr_at(step: int, cfg: TrainConfig, lr: float) -> float:
-    return lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+def lr_at(step: int, cfg: TrainConfig, lr: float, progress: float = 0.0) -> float:
+    """Linear warm-up over the first steps, then a cosine from lr to lr * lr_final over the time box.
+
+    `progress` is the share of this invocation's time box that has passed (the stages are time-boxed,
+    so the anneal follows the clock, not a step count).
+    """
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    p = min(max(progress, 0.0), 1.0)
+    anneal = cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr * warm * anneal
 
 
 # ---- data on the device ---------------------------------------------------------------------------
@@ -433,8 +442,9 @@ class Trainer:
             stop = now >= deadline or (cfg.max_steps and self.step >= cfg.max_steps)
             if any_rank(bool(stop), self.device):
                 break
+            lr = lr_at(self.step, cfg, self.lr, (now - t_start) / max(cfg.minutes * 60, 1e-9))
             for g in self.opt.param_groups:
-                g["lr"] = lr_at(self.step, cfg, self.lr)
+                g["lr"] = lr
             loss, metrics = step_fn()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -446,7 +456,7 @@ class Trainer:
                 now = time.time()
                 fps = (self.frames_seen - frames_at_log) / max(now - last_log, 1e-9)
                 last_log, frames_at_log = now, self.frames_seen
-                row = {"step": self.step, **metrics, "grad_norm": float(gnorm), "lr": lr_at(self.step, cfg, self.lr),
+                row = {"step": self.step, **metrics, "grad_norm": float(gnorm), "lr": lr,
                        "frames_per_s": round(fps, 1), "frames": self.frames_seen, "elapsed_s": round(now - t_start, 1)}
                 if self.device.type == "cuda":
                     row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
@@ -511,7 +521,10 @@ def parse_args(argv=None) -> TrainConfig:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             kw = {"choices": STAGES} if f.name == "stage" else {}
             p.add_argument(flag, type=kind, default=f.default, help=text, **kw)
-    return TrainConfig(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    if not 0.0 <= args.lr_final <= 1.0:
+        p.error(f"--lr-final must lie in [0, 1] (a share of --lr), got {args.lr_final}")
+    return TrainConfig(**vars(args))
 
 
 def export_stage(argv: list[str]) -> None:

@@ -83,3 +83,18 @@ def test_torchrun_two_processes_gloo(run_dir, tmp_path):
     assert summary["steps"] == 3
     config = json.loads((out / "teacher" / "checkpoint" / "config.json").read_text())
     assert config["training"]["world_size"] == 2
+
+
+def test_the_learning_rate_warms_up_then_anneals_over_the_time_box():
+    from sim.train import TrainConfig, lr_at, parse_args
+    cfg = TrainConfig(warmup_steps=10, lr_final=0.1)
+    assert lr_at(0, cfg, 1.0) == pytest.approx(0.1)  # warm-up: step 1 of 10
+    assert lr_at(100, cfg, 1.0, progress=0.0) == pytest.approx(1.0)
+    assert lr_at(100, cfg, 1.0, progress=0.5) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_at(100, cfg, 1.0, progress=1.0) == pytest.approx(0.1)
+    assert lr_at(100, cfg, 1.0, progress=3.0) == pytest.approx(0.1)  # past the box: stays at the floor
+    values = [lr_at(100, cfg, 1.0, progress=p / 20) for p in range(21)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_at(100, TrainConfig(warmup_steps=10), 1.0, progress=0.9) == 1.0  # default: constant
+    with pytest.raises(SystemExit):
+        parse_args(["--lr-final", "1.5"])
