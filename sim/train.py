@@ -34,7 +34,7 @@ from tqdm import tqdm
 import scenes
 from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss, frames_to_tensor
 from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
-from sim.checkpoint import load_checkpoint, save_checkpoint
+from sim.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint
 from sim.data import ClipConfig, scene_loader
 from sim.distill import Rollout, RolloutNet, clip_inputs, critic_loss, rollout, student_levels, student_losses
 from sim.metrics import psnr
@@ -150,6 +150,11 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def lineage(path: str, config: dict) -> dict:
+    """What an --init checkpoint was: its path and id, and its own training record (which nests its own --init)."""
+    return {"checkpoint": str(path), "id": config.get("id") or checkpoint_id(path), "training": config.get("training")}
+
+
 def lr_at(step: int, cfg: TrainConfig, lr: float, progress: float = 0.0) -> float:
     """Linear warm-up over the first steps, then a cosine from lr to lr * lr_final over the time box.
 
@@ -233,9 +238,13 @@ class Trainer:
         game_cls = scenes.game_class(cfg.scene)
         self.action_names = list(game_cls.ACTIONS)
         ae_preset = cfg.preset if cfg.preset in AE_PRESETS else "base"
+        # the training record of the checkpoint this run started from (--init), kept in this run's record
+        # so a warm-started checkpoint still says everything that went into it
+        self.init_record: dict | None = None
         if cfg.stage == "ae":
             if cfg.init:
-                self.ae, _ = load_autoencoder(cfg.init, device=self.device)
+                self.ae, init_config = load_autoencoder(cfg.init, device=self.device)
+                self.init_record = lineage(cfg.init, init_config)
             else:
                 self.ae = Autoencoder(AutoencoderConfig.from_name(ae_preset)).to(self.device)
             self.module = self.ae
@@ -249,8 +258,9 @@ class Trainer:
                 raise SystemExit(f"{teacher_dir} is already a distilled student; point --teacher at a teacher checkpoint")
             self.model = copy.deepcopy(self.teacher).requires_grad_(True)
             if cfg.init:
-                init_model, _, _ = load_world(cfg.init)
+                init_model, _, init_config = load_world(cfg.init)
                 self.model.load_state_dict(init_model.state_dict())
+                self.init_record = lineage(cfg.init, init_config)
             self.critic = copy.deepcopy(self.teacher).requires_grad_(True)
             self.critic.confidence.requires_grad_(False)
             self.module = self.model
@@ -267,10 +277,11 @@ class Trainer:
                 cfg.preset, action_dim=len(self.action_names), latent_channels=ae_cfg.latent_channels,
                 latent_h=cfg.height // 8, latent_w=cfg.width // 8)).to(self.device)
             if cfg.init:
-                init_model, _, _ = load_world(cfg.init)
+                init_model, _, init_config = load_world(cfg.init)
                 if init_model.cfg != self.model.cfg:
                     raise SystemExit(f"--init {cfg.init} holds a {init_model.cfg} model, not the {cfg.preset} preset asked for")
                 self.model.load_state_dict(init_model.state_dict())
+                self.init_record = lineage(cfg.init, init_config)
             self.model.confidence.requires_grad_(False)  # trained by the distill stage
             self.module = self.model
             clip_frames = cfg.clip_frames
@@ -326,11 +337,15 @@ class Trainer:
             load_optimizer_tensors(opt, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.opt.")})
         self.step, self.frames_seen = config["step"], config["frames_seen"]
         self.minutes_done = config.get("minutes", 0.0)
+        self.init_record = (config.get("record") or {}).get("init", self.init_record)
 
     def _record(self, minutes: float) -> dict:
-        return {"stage": self.cfg.stage, "steps": self.step, "frames": self.frames_seen,
-                "minutes": round(minutes, 2), "batch_size": self.cfg.batch_size * self.world,
-                "world_size": self.world, "config": asdict(self.cfg)}
+        record = {"stage": self.cfg.stage, "steps": self.step, "frames": self.frames_seen,
+                  "minutes": round(minutes, 2), "batch_size": self.cfg.batch_size * self.world,
+                  "world_size": self.world, "config": asdict(self.cfg)}
+        if self.init_record is not None:
+            record["init"] = self.init_record
+        return record
 
     def save(self, minutes: float, metrics: dict | None = None) -> None:
         if not self.main:

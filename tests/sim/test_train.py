@@ -66,6 +66,18 @@ def test_distill_runs_with_finite_losses_that_change(run_dir):
     assert 1 <= reports[0]["steps"] <= 3
 
 
+def test_a_warm_started_run_keeps_the_training_record_of_its_init(run_dir, tmp_path):
+    init = run_dir / "teacher" / "checkpoint"
+    before = json.loads((init / "config.json").read_text())["training"]
+    out = tmp_path / "warm"
+    train(["--stage", "teacher", *SMALL, "--max-steps", "2", "--batch-size", "2", "--clip-frames", "6",
+           "--init", str(init), "--out", str(out)])
+    record = json.loads((out / "teacher" / "checkpoint" / "config.json").read_text())["training"]
+    assert record["steps"] == 2
+    assert record["init"]["checkpoint"] == str(init) and record["init"]["training"]["steps"] == before["steps"]
+    assert len(record["init"]["id"]) >= 8
+
+
 def test_unknown_scene_is_refused_with_the_choices(tmp_path):
     with pytest.raises(SystemExit, match="choose one of"):
         train(["--stage", "ae", "--scene", "moon", "--preset", "tiny", "--out", str(tmp_path)])
