@@ -115,8 +115,9 @@ def live_window(monkeypatch):
     """A 1 s live window instead of 0.25 s: on a loaded CI machine a client thread can stall past
     0.25 s between two steps, and its session would rightly drop out of the batch it is waited for."""
     import controls.server
-    monkeypatch.setattr(controls.server, "LIVE_WINDOW_S", 1.0)
-    return 1.0
+    window = 1.0
+    monkeypatch.setattr(controls.server, "LIVE_WINDOW_S", window)
+    return window
 
 
 def test_a_batch_is_due_when_its_last_live_session_steps_and_not_before(serve_fake, live_window):
