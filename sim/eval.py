@@ -306,16 +306,22 @@ def confidence_traces(sim: Any, scene: Any, policy: str, seeds: Sequence[int], c
     return np.asarray(out, dtype=np.float64)
 
 
+Reference = tuple[str, Any, Callable[[Any], None]]  # (label, engine, configure): measured beside the settings
+
+
+def teacher_references(teacher: Any, steps: Sequence[int]) -> list[Reference]:
+    """A many-step teacher engine at each step count, as references "teacher<N>" beside a student."""
+    return [(f"teacher{n}", teacher, lambda s, n=n: setattr(s, "sampler_steps", n)) for n in steps]
+
+
 def engine_settings(sim: Any, steps: Sequence[int] | None = None, dsa_taus: Sequence[float] | None = None,
-                    reference: tuple[str, Any] | None = None, dsa_shares: Sequence[float] = (),
+                    references: Sequence[Reference] = (), dsa_shares: Sequence[float] = (),
                     tau_steps: Callable[[float], tuple[float, ...]] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
     """(label, engine, configure) to measure in turn: the DSA settings with dsa_taus, else the
-    --steps ones, then the reference engine as it is."""
+    --steps ones, then the reference engines."""
     settings = [(label, sim, configure) for label, configure in
                 (dsa_settings(sim, dsa_taus, dsa_shares, tau_steps) if dsa_taus is not None else step_settings(steps))]
-    if reference is not None:
-        settings.append((reference[0], reference[1], lambda s: None))
-    return settings
+    return settings + list(references)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -448,13 +454,14 @@ def plot_dsa(path: Path, summary: dict) -> None:
 def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
              policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None,
+             dsa_taus: Sequence[float] | None = None, references: Sequence[Reference] = (),
              dsa_shares: Sequence[float] = ()) -> dict:
     """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
 
     scene: a scene name, or a `Game` built with len(seeds) envs (see `collect_real`).
-    reference: (label, engine) measured as it is on the same real clips, a setting beside the
-    others (the teacher beside its student, e.g. ("teacher32", teacher engine at 32 steps)).
+    references: (label, engine, configure) measured on the same real clips, settings beside the
+    others (the teacher beside its student: `teacher_references(teacher, [4, 32])`); the student's
+    verdict is against the last one.
     dsa_shares: with dsa_taus, also adaptive with per-step thresholds, calibrated once on
     training-range worlds (`calibration_seeds`) under the first policy, next-frame.
     Returns the eval.json dict.
@@ -478,7 +485,7 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
             thresholds[f"share{share:g}"] = calibrate_tau_steps(calibration["traces"], share, sim.allocator.cfg.k_max)
         return thresholds[f"share{share:g}"]
 
-    settings = engine_settings(sim, steps, dsa_taus, reference, dsa_shares, tau_steps)
+    settings = engine_settings(sim, steps, dsa_taus, references, dsa_shares, tau_steps)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     strips: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -510,7 +517,7 @@ def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, cont
     if dsa_taus is not None:
         report["dsa"] = dsa_summary(values, policies, [label for label, _, _ in settings])
         report["dsa_verdict"] = dsa_verdict(report["dsa"], sim.allocator.cfg.k_max,
-                                            reference[0] if reference is not None else None)
+                                            references[-1][0] if references else None)
         plot_dsa(out / "dsa.png", report["dsa"])
     (out / "eval.json").write_text(json.dumps(_json_clean(report), indent=2) + "\n")
     np.savez_compressed(out / "eval_values.npz", **values)
@@ -678,7 +685,7 @@ def long_verdict(windows: Sequence[dict], colour_range: dict, min_ratio: float =
 def run_long(sim: Any, scene: Any, seeds: Sequence[int], frames: int, window: int = LONG_WINDOW,
              context: int | None = None, policies: Sequence[str] = ("explore",), steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None, reference: tuple[str, Any] | None = None,
+             dsa_taus: Sequence[float] | None = None, references: Sequence[Reference] = (),
              min_ratio: float = LONG_MIN_SHARPNESS) -> dict:
     """`--long N`: per policy and setting, a free rollout of N frames (`roll_long`) cut into windows
     (`long_windows`) and judged against the real frames (`long_verdict`).
@@ -694,7 +701,7 @@ def run_long(sim: Any, scene: Any, seeds: Sequence[int], frames: int, window: in
     out.mkdir(parents=True, exist_ok=True)
     K = context_length(sim, context)
     height, width = frame_size(sim)
-    settings = engine_settings(sim, steps, dsa_taus, reference)
+    settings = engine_settings(sim, steps, dsa_taus, references)
     results: dict[str, dict] = {}
     values: dict[str, np.ndarray] = {}
     for policy in policies:
@@ -950,7 +957,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "worlds so that this share of the running frames stops at each step")
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                    help="with --dsa: also measure this many-step teacher on the same clips, as setting teacher<N>")
-    p.add_argument("--teacher-steps", type=int, default=32, help="the --teacher's Euler steps per frame")
+    p.add_argument("--teacher-steps", type=int, nargs="+", default=[32],
+                   help="the --teacher's Euler steps per frame; several values measure it at each (the verdict "
+                        "compares the student with the last)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA graphs for the engine's step (default: on with CUDA)")
     p.add_argument("--context-noise", type=float, default=None, metavar="LEVEL",
@@ -996,13 +1005,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seeds = held_out_seeds(args.seeds)
     try:
         sim = load_world_sim(checkpoint, len(seeds), args.device, args.graphs)
-        reference = None
+        references: list[Reference] = []
         if args.teacher:
             if not args.dsa:
                 sys.exit("error: --teacher is measured beside a student: add --dsa")
             teacher = load_world_sim(args.teacher, len(seeds), args.device, args.graphs)
-            teacher.sampler_steps = args.teacher_steps
-            reference = (f"teacher{args.teacher_steps}", teacher)
+            references = teacher_references(teacher, args.teacher_steps)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError and says what to do
         sys.exit(f"error: {e}")
     if args.context_noise is not None:
@@ -1029,12 +1037,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.long:
         report = run_long(sim, scene, seeds, args.long, args.long_window, context=args.context, policies=args.policies,
                           steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None,
-                          reference=reference, config=config)
+                          references=references, config=config)
         print(format_long(report))
         print(f"wrote {Path(args.out) / 'eval.json'}, long_rollout.png and long strips in {report['wall_s']} s")
         return report
     report = run_eval(sim, scene, seeds, horizon=args.horizon, context=args.context, policies=args.policies,
-                      steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None, reference=reference,
+                      steps=args.steps, out=args.out, dsa_taus=args.taus if args.dsa else None, references=references,
                       config=config, dsa_shares=args.shares if args.dsa else ())
     print(format_table(report))
     if "dsa" in report:

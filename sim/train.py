@@ -86,6 +86,7 @@ class TrainConfig:
     dmd_guidance: float = 1.0  # action guidance on the teacher's score; 1 = off
     conf_scale: float = 0.05  # latent MSE at which the confidence target is 1/e
     conf_weight: float = 1.0  # weight of the confidence loss beside DMD
+    regress_weight: float = 0.0  # weight of an MSE pull of each generated frame toward the clip's real frame; 0 = DMD only
     cache_last_step: bool = False  # commit the exit step's K/V instead of a separate t=0 cache pass
 
 
@@ -429,12 +430,14 @@ class Trainer:
                 c_loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for p in self.critic.parameters() if p.requires_grad], cfg.grad_clip)
                 critic_opt.step()
-            dmd, conf_loss, metrics = student_losses(self.net, ro, self.teacher, self.critic_net, z_prompt, a,
-                                                     cfg.cache_last_step, cfg.dmd_guidance)
+            dmd, conf_loss, regress, metrics = student_losses(
+                self.net, ro, self.teacher, self.critic_net, z_prompt, a, cfg.cache_last_step, cfg.dmd_guidance,
+                z_real=z[:, K:])
         self.frames_seen += B * (z.shape[1] - K) * self.world
         metrics["critic_loss"] = c_loss.item()
-        metrics["loss"] = dmd.item() + cfg.conf_weight * conf_loss.item()
-        return dmd + cfg.conf_weight * conf_loss, metrics
+        loss = dmd + cfg.conf_weight * conf_loss + cfg.regress_weight * regress
+        metrics["loss"] = loss.item()
+        return loss, metrics
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -539,6 +542,8 @@ def parse_args(argv=None) -> TrainConfig:
     args = p.parse_args(argv)
     if not 0.0 <= args.lr_final <= 1.0:
         p.error(f"--lr-final must lie in [0, 1] (a share of --lr), got {args.lr_final}")
+    if not (args.regress_weight >= 0.0 and math.isfinite(args.regress_weight)):
+        p.error(f"--regress-weight must be a finite number >= 0, got {args.regress_weight}")
     return TrainConfig(**vars(args))
 
 

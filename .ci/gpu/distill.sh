@@ -2,16 +2,19 @@
 # DSA on one GPU: two students distilled side by side in the background, then the DSA eval.
 #   bash .ci/gpu/distill.sh start [minutes] [teacher]   # returns at once; runs under setsid
 #   bash .ci/gpu/distill.sh poll [seconds]              # waits up to N s, prints progress, collects
-# Student A commits each frame with the separate t = 0 cache pass; student B caches its exit
-# step's K/V instead (--cache-last-step, one pass fewer per frame). Both start from the teacher
-# (default: the shipped maze teacher) and train for the same minutes on the same recipe:
+# By default student A commits each frame with the separate t = 0 cache pass and student B caches
+# its exit step's K/V instead (--cache-last-step, one pass fewer per frame); FLAGS_A and FLAGS_B
+# (defaults "" and "--cache-last-step") set what tells them apart, e.g. FLAGS_A="--regress-weight 1".
+# Both start from the teacher (default: the shipped maze teacher) and train for the same minutes on
+# the same recipe:
 python_train() {
   python3 -m sim.train --stage distill --scene maze --preset small --teacher "$TEACHER" --minutes "$MIN" \
     --batch-size 64 --clip-frames 14 --prompt-frames 4 --k-max 4 --lr 3e-5 --warmup-steps 200 \
     --workers 6 --log-every 10 --save-every-minutes 4 $TRAIN_FLAGS "$@"
 }
 # Then, for each student: python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
-# policies, fixed k = 1..4 and adaptive taus (A also with the teacher at 32 steps on the same clips).
+# policies, fixed k = 1..4 and adaptive taus (A also with the teacher on the same clips, at
+# TEACHER_STEPS, default "32"; e.g. "4 32").
 # STUDENTS ("A B" by default; "A" trains A alone, with the whole GPU) picks which to train.
 # TRAIN_FLAGS and EVAL_FLAGS (default "--seeds 16 --horizon 64") override either (a CPU dry run);
 # EVAL=0 skips the eval (a student for the engine and server benches only).
@@ -30,12 +33,12 @@ start)
   setsid bash -c "
     source .ci/gpu/setup.sh; set +e
     $(declare -f python_train); MIN=$MIN; TEACHER=$TEACHER; TRAIN_FLAGS='${TRAIN_FLAGS:-}'
-    case '$STUDENTS' in *A*) python_train --out runs/maze-a > $DSA/train-A.log 2>&1 & ;; esac
-    case '$STUDENTS' in *B*) python_train --out runs/maze-b --cache-last-step > $DSA/train-B.log 2>&1 & ;; esac
+    case '$STUDENTS' in *A*) python_train --out runs/maze-a ${FLAGS_A:-} > $DSA/train-A.log 2>&1 & ;; esac
+    case '$STUDENTS' in *B*) python_train --out runs/maze-b ${FLAGS_B---cache-last-step} > $DSA/train-B.log 2>&1 & ;; esac
     wait; touch $DSA/TRAINED
     [ '${EVAL:-1}' = 0 ] && { touch $DSA/DONE; exit 0; }
     case '$STUDENTS' in *A*) python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER \
-      --teacher-steps 32 --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 ;; esac
+      --teacher-steps ${TEACHER_STEPS:-32} --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 ;; esac
     case '$STUDENTS' in *B*) python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS \
       $EVAL_FLAGS --out $DSA/eval-B > $DSA/eval-B.log 2>&1 ;; esac
     touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &

@@ -1,8 +1,11 @@
 """Self-Forcing rollouts: through the served copy of the student (RolloutNet) they equal rollouts
-through the model itself, and the teacher-forcing pass that carries the gradient reproduces them."""
+through the model itself, and the teacher-forcing pass that carries the gradient reproduces them;
+the regression pull moves the student's frames toward the real ones."""
+import copy
+
 import torch
 
-from sim.distill import RolloutNet, clip_inputs, rollout, student_levels, with_prompt
+from sim.distill import RolloutNet, clip_inputs, rollout, student_levels, student_losses, with_prompt
 
 
 def clip(model, B=3, K=2, G=3, seed=0):
@@ -61,3 +64,29 @@ def test_teacher_forcing_pass_reproduces_the_rollouts_exit_step(make_tiny_world)
             v = model(x, s, a, ctx, s_ctx)[:, K:]
         x0 = ro.x_in - ro.s_exit[:, None, None, None, None] * v
         torch.testing.assert_close(x0, ro.x0, atol=1e-4, rtol=1e-4)
+
+
+def test_the_regression_pull_is_the_exit_frames_distance_to_the_real_ones_and_closes_it(make_tiny_world):
+    model, _ = make_tiny_world()
+    student = copy.deepcopy(model).requires_grad_(True)
+    z, a, G = clip(model)
+    z_real = torch.randn(3, G, *z.shape[2:], generator=torch.Generator().manual_seed(9))
+    levels, exit_step = student_levels(3, 3.0), torch.tensor([1, 3, 2])
+
+    def regress_after_rollout():
+        torch.manual_seed(3)
+        ro = rollout(student, z, a, G, levels, exit_step, 0.05)
+        *_, regress, metrics = student_losses(student, ro, model, model, z, a, False, z_real=z_real)
+        return ro, regress, metrics
+
+    ro, regress, metrics = regress_after_rollout()
+    # the gradient pass reproduces the rollout's committed frames, so the loss is their MSE to the real ones
+    torch.testing.assert_close(regress, (ro.x0 - z_real).pow(2).mean(), atol=1e-4, rtol=1e-4)
+    assert metrics["regress"] == regress.item()
+    regress.backward()
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    opt.step()
+    _, after, _ = regress_after_rollout()
+    assert after.item() < regress.item() - 1e-4
+    *_, none, metrics = student_losses(student, ro, model, model, z, a, False)
+    assert none is None and "regress" not in metrics

@@ -269,6 +269,20 @@ def test_dsa_verdict_interpolates_fixed_k_and_finds_the_cheapest_match():
     assert "teacher32" not in v["spearman"] and v["spearman"]["tau0.9"] == -0.6
 
 
+def test_the_teacher_is_measured_beside_the_student_at_each_step_count(tiny_student_checkpoint, tiny_checkpoint,
+                                                                       tmp_path):
+    report = ev.main(["--checkpoint", str(tiny_student_checkpoint), "--dsa", "--taus", "1.0", "--teacher",
+                      str(tiny_checkpoint), "--teacher-steps", "1", "6", "--seeds", "2", "--horizon", "16",
+                      "--policies", "explore", "--device", "cpu", "--out", str(tmp_path)])
+    rows = report["results"]["explore"]
+    assert list(rows) == ["fixed1", "fixed2", "fixed3", "fixed4", "tau1", "teacher1", "teacher6"]
+    t1, t6 = (rows[k]["rollout"]["psnr"]["mean"] for k in ("teacher1", "teacher6"))
+    assert t1 != t6  # one engine, measured at each step count in turn
+    top, last = report["dsa"]["explore"]["fixed4"], report["dsa"]["explore"]["teacher6"]
+    verdict = report["dsa_verdict"]["explore"]["student_vs_teacher"]
+    assert verdict["next_frame"] == pytest.approx(top["next_psnr_mean"] - last["next_psnr_mean"])
+
+
 def test_settings_share_their_noise_so_equal_settings_score_equally(tiny_student_checkpoint, tmp_path):
     """Common random numbers: tau = 1 never stops early, so it is fixed k_max, draw for draw."""
     from sim.engine import WorldSim

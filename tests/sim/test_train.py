@@ -59,11 +59,29 @@ def test_distill_runs_with_finite_losses_that_change(run_dir):
         values = [r[key] for r in rows]
         assert all(np.isfinite(values)) and len(set(values)) > 1, (key, values)
     assert all(r["rollout_gap"] < 1e-4 for r in rows)  # the gradient pass recomputes the rollout exactly
+    # without --regress-weight the distance to the real frames is only logged, not trained on
+    assert all(r["loss"] == pytest.approx(r["dmd"] + r["conf_loss"], rel=1e-4) for r in rows)
     sim = WorldSim.load(run_dir / "distill" / "checkpoint", device="cpu")
     assert sim.few_step and sim.allocator.cfg.k_max == 3
     sim.reset(np.zeros((1, 2, 32, 32, 3), np.uint8), np.zeros((1, 2, 6), np.float32))
     _, reports = sim.step(np.eye(1, 6, dtype=np.float32))
     assert 1 <= reports[0]["steps"] <= 3
+
+
+def test_distill_with_the_regression_pull_adds_it_to_the_loss(run_dir, tmp_path):
+    out = tmp_path / "pulled"
+    train(["--stage", "distill", *SMALL, "--max-steps", "3", "--batch-size", "2", "--clip-frames", "6",
+           "--prompt-frames", "3", "--k-max", "3", "--log-every", "1", "--regress-weight", "2.5",
+           "--teacher", str(run_dir / "teacher" / "checkpoint"), "--out", str(out)])
+    rows = [r for r in read_metrics(out / "distill" / "metrics.jsonl") if "step" in r]
+    assert len(rows) == 3 and all(np.isfinite(r["regress"]) and r["regress"] > 0 for r in rows)
+    assert all(r["loss"] == pytest.approx(r["dmd"] + r["conf_loss"] + 2.5 * r["regress"], rel=1e-4) for r in rows)
+    config = json.loads((out / "distill" / "checkpoint" / "config.json").read_text())
+    assert config["training"]["config"]["regress_weight"] == 2.5
+    from sim.train import parse_args
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--stage", "distill", "--regress-weight", bad])
 
 
 def test_a_warm_started_run_keeps_the_training_record_of_its_init(run_dir, tmp_path):
