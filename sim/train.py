@@ -242,6 +242,7 @@ class Trainer:
         # the training record of the checkpoint this run started from (--init), kept in this run's record
         # so a warm-started checkpoint still says everything that went into it
         self.init_record: dict | None = None
+        self.teacher_record: dict | None = None  # distill: the teacher's path, id and training record
         if cfg.stage == "ae":
             if cfg.init:
                 self.ae, init_config = load_autoencoder(cfg.init, device=self.device)
@@ -257,6 +258,7 @@ class Trainer:
             self.ae.requires_grad_(False)
             if teacher_config.get("sampler", {}).get("kind") == "few-step":
                 raise SystemExit(f"{teacher_dir} is already a distilled student; point --teacher at a teacher checkpoint")
+            self.teacher_record = lineage(str(teacher_dir), teacher_config)
             self.model = copy.deepcopy(self.teacher).requires_grad_(True)
             if cfg.init:
                 init_model, _, init_config = load_world(cfg.init)
@@ -346,6 +348,8 @@ class Trainer:
                   "world_size": self.world, "config": asdict(self.cfg)}
         if self.init_record is not None:
             record["init"] = self.init_record
+        if self.teacher_record is not None:
+            record["teacher"] = self.teacher_record
         return record
 
     def save(self, minutes: float, metrics: dict | None = None) -> None:

@@ -61,6 +61,11 @@ def test_distill_runs_with_finite_losses_that_change(run_dir):
     assert all(r["rollout_gap"] < 1e-4 for r in rows)  # the gradient pass recomputes the rollout exactly
     # without --regress-weight the distance to the real frames is only logged, not trained on
     assert all(r["loss"] == pytest.approx(r["dmd"] + r["conf_loss"], rel=1e-4) for r in rows)
+    # the student's record names its teacher, with the teacher's own training record
+    from sim.checkpoint import checkpoint_id
+    record = json.loads((run_dir / "distill" / "checkpoint" / "config.json").read_text())["training"]
+    assert record["teacher"]["id"] == checkpoint_id(run_dir / "teacher" / "checkpoint")
+    assert record["teacher"]["training"]["stage"] == "teacher"
     sim = WorldSim.load(run_dir / "distill" / "checkpoint", device="cpu")
     assert sim.few_step and sim.allocator.cfg.k_max == 3
     sim.reset(np.zeros((1, 2, 32, 32, 3), np.uint8), np.zeros((1, 2, 6), np.float32))
