@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_SCENE = "maze"
-DEFAULT_STEPS = {"cpu": 4, "cuda": 16}  # CPU: 6-8 frames/s with the small maze model on 2 cores
+DEFAULT_STEPS = {"cpu": 4, "cuda": 16}  # a teacher's steps; CPU: 4.6-5.2 frames/s with the small maze teacher on 2 cores
 PREVIEW_FRAMES = 200                     # frames in the headless run's preview GIF, at most
 HEADLESS_FRAMES = 100
 
