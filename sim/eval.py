@@ -306,17 +306,17 @@ def confidence_traces(sim: Any, scene: Any, policy: str, seeds: Sequence[int], c
     return np.asarray(out, dtype=np.float64)
 
 
-Reference = tuple[str, Any, Callable[[Any], None]]  # (label, engine, configure): measured beside the settings
+Setting = tuple[str, Any, Callable[[Any], None]]  # (label, engine, configure(engine)): one setting to measure
 
 
-def teacher_references(teacher: Any, steps: Sequence[int]) -> list[Reference]:
+def teacher_references(teacher: Any, steps: Sequence[int]) -> list[Setting]:
     """A many-step teacher engine at each step count, as references "teacher<N>" beside a student."""
     return [(f"teacher{n}", teacher, lambda s, n=n: setattr(s, "sampler_steps", n)) for n in steps]
 
 
 def engine_settings(sim: Any, steps: Sequence[int] | None = None, dsa_taus: Sequence[float] | None = None,
-                    references: Sequence[Reference] = (), dsa_shares: Sequence[float] = (),
-                    tau_steps: Callable[[float], tuple[float, ...]] | None = None) -> list[tuple[str, Any, Callable[[Any], None]]]:
+                    references: Sequence[Setting] = (), dsa_shares: Sequence[float] = (),
+                    tau_steps: Callable[[float], tuple[float, ...]] | None = None) -> list[Setting]:
     """(label, engine, configure) to measure in turn: the DSA settings with dsa_taus, else the
     --steps ones, then the reference engines."""
     settings = [(label, sim, configure) for label, configure in
@@ -454,7 +454,7 @@ def plot_dsa(path: Path, summary: dict) -> None:
 def run_eval(sim: Any, scene: Any, seeds: Sequence[int], horizon: int = 64, context: int | None = None,
              policies: Sequence[str] = POLICIES, steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None, references: Sequence[Reference] = (),
+             dsa_taus: Sequence[float] | None = None, references: Sequence[Setting] = (),
              dsa_shares: Sequence[float] = ()) -> dict:
     """Measure `sim` on held-out seeds of `scene`, write eval.json, eval_values.npz and PNGs into `out`.
 
@@ -685,7 +685,7 @@ def long_verdict(windows: Sequence[dict], colour_range: dict, min_ratio: float =
 def run_long(sim: Any, scene: Any, seeds: Sequence[int], frames: int, window: int = LONG_WINDOW,
              context: int | None = None, policies: Sequence[str] = ("explore",), steps: Sequence[int] | None = None,
              out: str | Path = "runs/eval", config: dict | None = None, progress: bool = True,
-             dsa_taus: Sequence[float] | None = None, references: Sequence[Reference] = (),
+             dsa_taus: Sequence[float] | None = None, references: Sequence[Setting] = (),
              min_ratio: float = LONG_MIN_SHARPNESS) -> dict:
     """`--long N`: per policy and setting, a free rollout of N frames (`roll_long`) cut into windows
     (`long_windows`) and judged against the real frames (`long_verdict`).
@@ -1005,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seeds = held_out_seeds(args.seeds)
     try:
         sim = load_world_sim(checkpoint, len(seeds), args.device, args.graphs)
-        references: list[Reference] = []
+        references: list[Setting] = []
         if args.teacher:
             if not args.dsa:
                 sys.exit("error: --teacher is measured beside a student: add --dsa")
