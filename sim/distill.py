@@ -20,7 +20,9 @@ One generator update:
    that frame is what a perfect student would have made from its own (imperfect) context: the
    student learns to correct its drift. DMD alone matches the teacher's many-step samples, which
    score lower in PSNR than its few-step mean-like frames; the pull trades some of DMD's
-   sharpness for closeness to the real game.
+   sharpness for closeness to the real game. `regress_frames` > 0 pulls only the first frames of
+   each rollout: far from the prompt the real future is uncertain, the pull's optimum there is the
+   mean of the futures (a blur), and a blur fed back as context compounds over a long rollout.
 """
 from __future__ import annotations
 
@@ -181,11 +183,12 @@ def critic_loss(critic, x0_gen: torch.Tensor, z_prompt, actions, ctx, s_ctx) -> 
 
 
 def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cache_last_step: bool,
-                   guidance: float = 1.0, z_real: torch.Tensor | None = None
+                   guidance: float = 1.0, z_real: torch.Tensor | None = None, regress_frames: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     """(dmd loss, confidence loss, regression loss, metrics) for one rollout, with gradient through
     the exit step. z_real [B, G, C, h, w]: the clip's real latents at the generated positions; the
-    regression loss is their MSE to the exit step's x0 (None without z_real)."""
+    regression loss is their MSE to the exit step's x0 over the first `regress_frames` generated
+    frames (0: all G; None without z_real)."""
     K = z_prompt.shape[1]
     ctx, s_ctx = clip_inputs(z_prompt, ro, cache_last_step)
     B, G = ro.x0.shape[:2]
@@ -196,7 +199,8 @@ def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cac
     dmd = 0.5 * F.mse_loss(x0, target)
     c, target_c = conf[:, K:].float().clamp(1e-6, 1 - 1e-6), ro.conf_target.float()
     conf_loss = -(target_c * c.log() + (1 - target_c) * (1 - c).log()).mean()  # BCE, written out: autocast-safe
-    regress = F.mse_loss(x0, z_real.float()) if z_real is not None else None
+    n = regress_frames or G
+    regress = F.mse_loss(x0[:, :n], z_real[:, :n].float()) if z_real is not None else None
     metrics = {"dmd": dmd.item(), "conf_loss": conf_loss.item(),
                "conf_target": ro.conf_target.mean().item(), "conf": conf[:, K:].mean().item(),
                "rollout_gap": (x0.detach() - ro.x0).abs().mean().item()}

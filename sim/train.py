@@ -87,6 +87,7 @@ class TrainConfig:
     conf_scale: float = 0.05  # latent MSE at which the confidence target is 1/e
     conf_weight: float = 1.0  # weight of the confidence loss beside DMD
     regress_weight: float = 0.0  # weight of an MSE pull of each generated frame toward the clip's real frame; 0 = DMD only
+    regress_frames: int = 0  # the pull only on the first N generated frames of each rollout (DMD alone on the rest); 0 = all
     cache_last_step: bool = False  # commit the exit step's K/V instead of a separate t=0 cache pass
 
 
@@ -436,7 +437,7 @@ class Trainer:
                 critic_opt.step()
             dmd, conf_loss, regress, metrics = student_losses(
                 self.net, ro, self.teacher, self.critic_net, z_prompt, a, cfg.cache_last_step, cfg.dmd_guidance,
-                z_real=z[:, K:])
+                z_real=z[:, K:], regress_frames=cfg.regress_frames)
         self.frames_seen += B * (z.shape[1] - K) * self.world
         metrics["critic_loss"] = c_loss.item()
         loss = dmd + cfg.conf_weight * conf_loss + cfg.regress_weight * regress
@@ -548,6 +549,8 @@ def parse_args(argv=None) -> TrainConfig:
         p.error(f"--lr-final must lie in [0, 1] (a share of --lr), got {args.lr_final}")
     if not (args.regress_weight >= 0.0 and math.isfinite(args.regress_weight)):
         p.error(f"--regress-weight must be a finite number >= 0, got {args.regress_weight}")
+    if args.regress_frames < 0:
+        p.error(f"--regress-frames must be >= 0 (0 = every generated frame), got {args.regress_frames}")
     return TrainConfig(**vars(args))
 
 

@@ -90,3 +90,22 @@ def test_the_regression_pull_is_the_exit_frames_distance_to_the_real_ones_and_cl
     assert after.item() < regress.item() - 1e-4
     *_, none, metrics = student_losses(student, ro, model, model, z, a, False)
     assert none is None and "regress" not in metrics
+
+
+def test_the_regression_pull_on_the_first_frames_only_leaves_the_later_ones_to_dmd(make_tiny_world):
+    model, _ = make_tiny_world()
+    student = copy.deepcopy(model).requires_grad_(True)
+    z, a, G = clip(model)
+    assert G >= 2
+    z_real = torch.randn(3, G, *z.shape[2:], generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(3)
+    ro = rollout(student, z, a, G, student_levels(3, 3.0), torch.tensor([1, 3, 2]), 0.05)
+    *_, first, _ = student_losses(student, ro, model, model, z, a, False, z_real=z_real, regress_frames=1)
+    torch.testing.assert_close(first, (ro.x0[:, :1] - z_real[:, :1]).pow(2).mean(), atol=1e-4, rtol=1e-4)
+    # the later frames' real frames do not enter the pull: moving them changes nothing
+    moved = z_real.clone()
+    moved[:, 1:] += 5.0
+    *_, same, _ = student_losses(student, ro, model, model, z, a, False, z_real=moved, regress_frames=1)
+    torch.testing.assert_close(same, first)
+    *_, every, _ = student_losses(student, ro, model, model, z, a, False, z_real=z_real, regress_frames=0)
+    torch.testing.assert_close(every, (ro.x0 - z_real).pow(2).mean(), atol=1e-4, rtol=1e-4)

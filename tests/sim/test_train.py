@@ -87,6 +87,8 @@ def test_distill_with_the_regression_pull_adds_it_to_the_loss(run_dir, tmp_path)
     for bad in ("-1", "nan"):
         with pytest.raises(SystemExit):
             parse_args(["--stage", "distill", "--regress-weight", bad])
+    with pytest.raises(SystemExit):
+        parse_args(["--stage", "distill", "--regress-frames", "-1"])
 
 
 def test_a_warm_started_run_keeps_the_training_record_of_its_init(run_dir, tmp_path):
