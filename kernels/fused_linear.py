@@ -22,24 +22,18 @@ strided views of the ada projection are fine), W [O, D] as nn.Linear stores it.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels import reference as _reference
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # kernels run on the CPU: one config each
+from kernels.autotune import INTERPRET, autotune
 
 
 def _configs(space: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) -> autotune configs; one under the interpreter.
 
-    The configs are timed inside CUDA graphs (`use_cuda_graph`): at a few sessions these kernels
-    take a few microseconds, less than a launch from Python, so timing them one launch at a time
-    measures the launch more than the kernel; inside a graph, as the engine runs them, the
-    device time decides (BENCHMARKS.md, H200 section)."""
+    The configs are timed inside CUDA graphs (`kernels.autotune`), as the engine runs them."""
     if INTERPRET:
         space = [(16, 16, 16, 1, 1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
@@ -96,7 +90,7 @@ def gelu_tanh(x):
 
 
 # ---- modulated LayerNorm -> linear (-> GELU) ------------------------------------------------------
-@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "O", "D"], use_cuda_graph=not INTERPRET)
+@autotune(_configs(MATMUL_SPACE), key=["M", "O", "D"])
 @triton.jit
 def _ln_linear_kernel(
     X,  # [M, D] activations (M = B * F*N rows), row-contiguous
@@ -176,7 +170,7 @@ def modulated_ln_linear(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tenso
 
 
 # ---- linear -> gated residual ---------------------------------------------------------------------
-@triton.autotune(configs=_configs(MATMUL_SPACE), key=["M", "D", "K"], use_cuda_graph=not INTERPRET)
+@autotune(_configs(MATMUL_SPACE), key=["M", "D", "K"])
 @triton.jit
 def _linear_residual_kernel(
     X,  # [M, D] residual stream, row-contiguous

@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from kernels import reference as _reference
-from kernels.fused_linear import INTERPRET, ln_stats, ln_tile
+from kernels.autotune import INTERPRET, autotune
+from kernels.fused_linear import ln_stats, ln_tile
 
 
 def _configs() -> list[triton.Config]:
@@ -30,7 +31,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_K": k}, num_warps=w, num_stages=s) for m, k, w, s in space]
 
 
-@triton.autotune(configs=_configs(), key=["M", "D", "HD"], use_cuda_graph=not INTERPRET)
+@autotune(_configs(), key=["M", "D", "HD"])
 @triton.jit
 def _ln_qkv_append_kernel(
     X,  # [M, D] one frame of B sessions (M = B*N), row-contiguous

@@ -12,7 +12,7 @@ launches them all at once. What a graph needs, and this module provides:
   owns; padded rows read and write only it, and their outputs are dropped;
 - warm-up before capture, on a side stream, with every row on the spare row: lazy
   initialisation and Triton autotuning run there, never inside a capture, and no session's
-  cache is touched.
+  cache is touched (the tuner waits for the device before it times: `kernels.autotune`).
 
     graphs = FrameGraphs(model, cache, pad_row=num_sessions)
     v, conf = graphs.forward_frame(x, s, actions, cache, rows)   # model.forward_frame's signature
