@@ -12,8 +12,9 @@ python_train() {
     --batch-size 64 --clip-frames 14 --prompt-frames 4 --k-max 4 --lr 3e-5 --warmup-steps 200 \
     --workers 6 --log-every 10 --save-every-minutes 4 $TRAIN_FLAGS "$@"
 }
-# Then, for each student in turn (never two at once: two of four runs with concurrent eval
-# processes on one H200 died of a CUDA illegal memory access, BENCHMARKS.md, ninth session):
+# Then, for each student in turn (never two at once: concurrent GPU processes made Triton's
+# autotuner store K/V at unwritten slots, a CUDA illegal memory access; fixed in kernels/autotune.py
+# but not yet rerun on a GPU, BENCHMARKS.md, tenth session):
 # python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
 # policies, fixed k = 1..4 and adaptive taus (A also with the teacher on the same clips, at
 # TEACHER_STEPS, default "32"; e.g. "4 32").
