@@ -16,7 +16,6 @@ precedes a graph capture (`sim.graphs`), never inside one, so the wait costs not
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
@@ -39,9 +38,4 @@ def autotune(configs: list[triton.Config], key: list[str]):
     microseconds, less than one launch from Python, so timing them launch by launch measures
     the launch (BENCHMARKS.md, H200 section). Under the interpreter there is one config and
     nothing is timed."""
-    if _TAKES_DO_BENCH:
-        return triton.autotune(configs=configs, key=key, do_bench=settled_bench)
-    return triton.autotune(configs=configs, key=key, use_cuda_graph=not INTERPRET)  # an older Triton: timed unsettled
-
-
-_TAKES_DO_BENCH = "do_bench" in inspect.signature(triton.autotune).parameters
+    return triton.autotune(configs=configs, key=key, do_bench=settled_bench)

@@ -38,7 +38,6 @@ def test_settled_bench_waits_for_queued_work_before_it_times(device_calls):
     assert device_calls == ["wait", "time"] and seen == ["ran"]
 
 
-@pytest.mark.skipif(not tuning._TAKES_DO_BENCH, reason="this Triton's autotune takes no do_bench")
 def test_a_tuned_kernel_times_each_config_after_a_wait_and_keeps_the_fastest(device_calls):
     @tuning.autotune([triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32}), triton.Config({"BLOCK": 64})],
                      key=["n"])
@@ -55,7 +54,6 @@ def test_a_tuned_kernel_times_each_config_after_a_wait_and_keeps_the_fastest(dev
     torch.testing.assert_close(y, 2 * x)
 
 
-@pytest.mark.skipif(not tuning._TAKES_DO_BENCH, reason="this Triton's autotune takes no do_bench")
 def test_the_frame_step_kernels_are_timed_settled():
     for kernel in (qkv_append._ln_qkv_append_kernel, fused_linear._ln_linear_kernel,
                    fused_linear._linear_residual_kernel):
