@@ -23,14 +23,22 @@ One generator update:
    sharpness for closeness to the real game. `regress_frames` > 0 pulls only the first frames of
    each rollout: far from the prompt the real future is uncertain, the pull's optimum there is the
    mean of the futures (a blur), and a blur fed back as context compounds over a long rollout.
+6. Optional GAN term (`gan_weight` > 0, DMD2): a small classifier on the critic's last hidden
+   tokens (`FrameDiscriminator`) tells noised real frames, in their real clip, from noised
+   generated ones, in their rollout; it trains with the critic, and the student gets its
+   non-saturating loss. DMD's reverse KL seeks the teacher's commonest modes (the tenth session's
+   students lost the maze's rarer wall colours to grey stone over long rollouts); the classifier
+   sees real frames, so it rewards what the real game shows and the student stopped drawing.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sim.graphs import FrameGraphs
 from sim.kv_cache import KVCache
@@ -182,13 +190,76 @@ def critic_loss(critic, x0_gen: torch.Tensor, z_prompt, actions, ctx, s_ctx) -> 
     return F.mse_loss(v.float(), e - x0_gen)
 
 
+class StudentLosses(NamedTuple):
+    dmd: torch.Tensor
+    confidence: torch.Tensor
+    gan: torch.Tensor | None  # the GAN term, when a classifier is given
+    regress: torch.Tensor | None  # the pull toward the real frames, when they are given
+    metrics: dict
+
+
+class FrameDiscriminator(nn.Module):
+    """DMD2's classifier head: a logit per frame, real (> 0) or generated, from the critic's last
+    hidden tokens of that frame (`WorldModel.hidden`), one logit per token averaged over the frame."""
+
+    def __init__(self, d_model: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
+        """tokens [B, frames * N, D] -> logits [B, frames]."""
+        B = tokens.shape[0]
+        return self.net(tokens).view(B, frames, -1).mean(-1).float()
+
+
+def frame_logits(critic: WorldModel, disc: FrameDiscriminator, x0: torch.Tensor, z_prompt, actions, ctx, s_ctx,
+                 t_range=(0.02, 0.98)) -> torch.Tensor:
+    """The classifier's logits [B, G] for frames x0 [B, G, ...] noised to a random level each,
+    in the clip ctx (prompt + the frames they follow); gradient flows to x0 if it has any."""
+    B, G = x0.shape[:2]
+    K = z_prompt.shape[1]
+    t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(B, G, device=x0.device)
+    tt = t[..., None, None, None]
+    x, s = with_prompt(z_prompt, (1 - tt) * x0 + tt * torch.randn_like(x0), t)
+    tok, _, _ = critic.hidden(x, s, actions, ctx, s_ctx)
+    return disc(tok, x.shape[1])[:, K:]
+
+
+def discriminator_loss(critic: WorldModel, disc: FrameDiscriminator, x0_gen: torch.Tensor, z_real: torch.Tensor,
+                       z_prompt, actions, ctx, s_ctx) -> tuple[torch.Tensor, dict]:
+    """The classifier's loss (logistic, both ways): generated frames in their rollout's clip
+    (ctx, s_ctx) against the real frames z_real [B, G, ...] in the real clip."""
+    B, G = x0_gen.shape[:2]
+    real_ctx = torch.cat([z_prompt, z_real], 1)
+    fake = frame_logits(critic, disc, x0_gen.detach(), z_prompt, actions, ctx, s_ctx)
+    real = frame_logits(critic, disc, z_real, z_prompt, actions, real_ctx, torch.zeros_like(s_ctx))
+    loss = F.softplus(fake).mean() + F.softplus(-real).mean()
+    return loss, {"d_loss": loss.item(), "d_real": real.mean().item(), "d_fake": fake.mean().item(),
+                  "d_acc": 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean()).item()}
+
+
+def generator_gan_loss(critic: WorldModel, disc: FrameDiscriminator, x0: torch.Tensor, z_prompt, actions,
+                       ctx, s_ctx) -> torch.Tensor:
+    """The student's non-saturating GAN loss on its exit-step frames x0 [B, G, ...] (with gradient).
+    The critic and classifier are only read: their weights get no gradient from it."""
+    frozen = [p for p in (*critic.parameters(), *disc.parameters()) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return F.softplus(-frame_logits(critic, disc, x0, z_prompt, actions, ctx, s_ctx)).mean()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cache_last_step: bool,
-                   guidance: float = 1.0, z_real: torch.Tensor | None = None, regress_frames: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
-    """(dmd loss, confidence loss, regression loss, metrics) for one rollout, with gradient through
-    the exit step. z_real [B, G, C, h, w]: the clip's real latents at the generated positions; the
-    regression loss is their MSE to the exit step's x0 over the first `regress_frames` generated
-    frames (0: all G; None without z_real)."""
+                   guidance: float = 1.0, z_real: torch.Tensor | None = None, regress_frames: int = 0,
+                   disc: FrameDiscriminator | None = None) -> StudentLosses:
+    """The student's losses for one rollout, with gradient through the exit step. z_real
+    [B, G, C, h, w]: the clip's real latents at the generated positions; the regression loss is
+    their MSE to the exit step's x0 over the first `regress_frames` generated frames (0: all G;
+    None without z_real). With `disc`, the GAN term (the critic given must then be the bare
+    WorldModel, whose `hidden` the classifier reads)."""
     K = z_prompt.shape[1]
     ctx, s_ctx = clip_inputs(z_prompt, ro, cache_last_step)
     B, G = ro.x0.shape[:2]
@@ -206,4 +277,8 @@ def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cac
                "rollout_gap": (x0.detach() - ro.x0).abs().mean().item()}
     if regress is not None:
         metrics["regress"] = regress.item()
-    return dmd, conf_loss, regress, metrics
+    gan = None
+    if disc is not None:
+        gan = generator_gan_loss(critic, disc, x0, z_prompt, actions, ctx, s_ctx)
+        metrics["gan"] = gan.item()
+    return StudentLosses(dmd, conf_loss, gan, regress, metrics)

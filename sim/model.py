@@ -282,6 +282,17 @@ class WorldModel(nn.Module):
 
         Returns v [B, T, C, h, w] for the noisy frames (and confidence [B, T] if asked).
         """
+        tok, c, t_emb = self.hidden(x, s, actions, ctx, s_ctx, drop_action)
+        v, conf = self.head(tok, c, t_emb, detach_confidence)
+        v = self.unpatchify(v.reshape(x.shape[0] * x.shape[1], self.cfg.tokens_per_frame, -1)).view_as(x)
+        return (v, conf) if return_confidence else v
+
+    def hidden(self, x: torch.Tensor, s: torch.Tensor, actions: torch.Tensor, ctx: torch.Tensor,
+               s_ctx: torch.Tensor, drop_action: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` up to the head: the last block's tokens of the noisy frames [B, T*N, D] and their
+        conditioning and time embedding [B, T, D]. The distill stage's real/generated classifier
+        (sim.distill.FrameDiscriminator) reads the critic's tokens here."""
         B, T = x.shape[:2]
         N, D = self.cfg.tokens_per_frame, self.cfg.d_model
         frames = torch.cat([ctx, x], 1).flatten(0, 1)  # (B*2T, C, h, w)
@@ -296,9 +307,7 @@ class WorldModel(nn.Module):
         mask = train_attention_mask(T, N, self.cfg.window, x.device)
         for blk in self.blocks:
             tok = blk(tok, c, cos, sin, mask)
-        v, conf = self.head(tok[:, T * N:], c[:, T:], t_emb[:, T:], detach_confidence)
-        v = self.unpatchify(v.reshape(B * T, N, -1)).view_as(x)
-        return (v, conf) if return_confidence else v
+        return tok[:, T * N:], c[:, T:], t_emb[:, T:]
 
     # ---- inference: one frame against the cache -----------------------------------------------
     def setup_cache(self, batch: int, device=None, dtype=torch.float32) -> KVCache:

@@ -36,7 +36,8 @@ from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss,
 from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
 from sim.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint
 from sim.data import ClipConfig, scene_loader
-from sim.distill import Rollout, RolloutNet, clip_inputs, critic_loss, rollout, student_levels, student_losses
+from sim.distill import (FrameDiscriminator, Rollout, RolloutNet, clip_inputs, critic_loss, discriminator_loss, rollout,
+                         student_levels, student_losses)
 from sim.metrics import psnr
 from sim.model import ModelConfig, WorldModel, count_params
 from sim.sampler import shift_levels
@@ -89,6 +90,8 @@ class TrainConfig:
     regress_weight: float = 0.0  # weight of an MSE pull of each generated frame toward the clip's real frame; 0 = DMD only
     regress_frames: int = 0  # the pull only on the first N generated frames of each rollout (DMD alone on the rest); 0 = all
     cache_last_step: bool = False  # commit the exit step's K/V instead of a separate t=0 cache pass
+    gan_weight: float = 0.0  # weight of the student's GAN loss against a real/generated classifier on the critic's features (DMD2); 0 = off
+    gan_critic_weight: float = 0.01  # weight of that classifier's loss in each critic update
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------
@@ -294,10 +297,18 @@ class Trainer:
                                      betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         # modules trained beside the main one, saved and resumed with it: name -> (module, optimizer)
         self.extra: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+        self.disc: FrameDiscriminator | None = None  # distill with the GAN term: the real/generated classifier
         if cfg.stage == "distill":
             self.extra["critic"] = (self.critic, torch.optim.AdamW(
                 [p for p in self.critic.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.99),
                 weight_decay=cfg.weight_decay))
+            if cfg.gan_weight > 0:
+                if self.world > 1:
+                    raise SystemExit("--gan-weight runs on one process only (its classifier reads the critic "
+                                     "outside DistributedDataParallel); drop it or train on one GPU")
+                self.disc = FrameDiscriminator(self.critic.cfg.d_model).to(self.device)
+                self.extra["disc"] = (self.disc, torch.optim.AdamW(
+                    self.disc.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay))
         self.ema = EMA(self.module, cfg.ema)
         self.step = 0
         self.frames_seen = 0
@@ -337,7 +348,8 @@ class Trainer:
         self.ema.shadow = {k: v.float() for k, v in unprefixed("ema", tensors).items()}
         load_optimizer_tensors(self.opt, {k: v for k, v in tensors.items() if k.startswith("opt.")})
         for name, (module, opt) in self.extra.items():
-            module.load_state_dict(unprefixed(name, tensors))
+            # "<name>.opt.*" are its optimizer's, saved under the same prefix
+            module.load_state_dict({k: v for k, v in unprefixed(name, tensors).items() if not k.startswith("opt.")})
             load_optimizer_tensors(opt, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.opt.")})
         self.step, self.frames_seen = config["step"], config["frames_seen"]
         self.minutes_done = config.get("minutes", 0.0)
@@ -429,18 +441,31 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             ctx, s_ctx = clip_inputs(z_prompt, ro, cfg.cache_last_step)
             critic_opt = self.extra["critic"][1]
+            trained = [p for p in self.critic.parameters() if p.requires_grad]
+            d_metrics = {}
             for _ in range(cfg.critic_steps):
                 c_loss = critic_loss(self.critic_net, ro.x0, z_prompt, a, ctx, s_ctx)
+                loss_c = c_loss
+                if self.disc is not None:
+                    d_loss, d_metrics = discriminator_loss(self.critic, self.disc, ro.x0, z[:, K:], z_prompt, a, ctx, s_ctx)
+                    loss_c = c_loss + cfg.gan_critic_weight * d_loss
+                    self.extra["disc"][1].zero_grad(set_to_none=True)
                 critic_opt.zero_grad(set_to_none=True)
-                c_loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in self.critic.parameters() if p.requires_grad], cfg.grad_clip)
+                loss_c.backward()
+                torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
                 critic_opt.step()
-            dmd, conf_loss, regress, metrics = student_losses(
-                self.net, ro, self.teacher, self.critic_net, z_prompt, a, cfg.cache_last_step, cfg.dmd_guidance,
-                z_real=z[:, K:], regress_frames=cfg.regress_frames)
+                if self.disc is not None:
+                    self.extra["disc"][1].step()
+            dmd, conf_loss, gan, regress, metrics = student_losses(
+                self.net, ro, self.teacher, self.critic if self.disc is not None else self.critic_net, z_prompt, a,
+                cfg.cache_last_step, cfg.dmd_guidance, z_real=z[:, K:], regress_frames=cfg.regress_frames,
+                disc=self.disc)
         self.frames_seen += B * (z.shape[1] - K) * self.world
         metrics["critic_loss"] = c_loss.item()
+        metrics.update(d_metrics)
         loss = dmd + cfg.conf_weight * conf_loss + cfg.regress_weight * regress
+        if gan is not None:
+            loss = loss + cfg.gan_weight * gan
         metrics["loss"] = loss.item()
         return loss, metrics
 
@@ -549,6 +574,10 @@ def parse_args(argv=None) -> TrainConfig:
         p.error(f"--lr-final must lie in [0, 1] (a share of --lr), got {args.lr_final}")
     if not (args.regress_weight >= 0.0 and math.isfinite(args.regress_weight)):
         p.error(f"--regress-weight must be a finite number >= 0, got {args.regress_weight}")
+    for flag in ("gan_weight", "gan_critic_weight"):
+        value = getattr(args, flag)
+        if not (value >= 0.0 and math.isfinite(value)):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
     if args.regress_frames < 0:
         p.error(f"--regress-frames must be >= 0 (0 = every generated frame), got {args.regress_frames}")
     return TrainConfig(**vars(args))

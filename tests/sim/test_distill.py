@@ -1,11 +1,13 @@
 """Self-Forcing rollouts: through the served copy of the student (RolloutNet) they equal rollouts
 through the model itself, and the teacher-forcing pass that carries the gradient reproduces them;
-the regression pull moves the student's frames toward the real ones."""
+the regression pull moves the student's frames toward the real ones; the GAN term's classifier
+learns to tell real frames from generated ones, and its loss moves only the student."""
 import copy
 
 import torch
 
-from sim.distill import RolloutNet, clip_inputs, rollout, student_levels, student_losses, with_prompt
+from sim.distill import (FrameDiscriminator, RolloutNet, clip_inputs, discriminator_loss, rollout, student_levels,
+                         student_losses, with_prompt)
 
 
 def clip(model, B=3, K=2, G=3, seed=0):
@@ -109,3 +111,62 @@ def test_the_regression_pull_on_the_first_frames_only_leaves_the_later_ones_to_d
     torch.testing.assert_close(same, first)
     *_, every, _ = student_losses(student, ro, model, model, z, a, False, z_real=z_real, regress_frames=0)
     torch.testing.assert_close(every, (ro.x0 - z_real).pow(2).mean(), atol=1e-4, rtol=1e-4)
+
+
+def test_hidden_is_forward_up_to_the_head(make_tiny_world):
+    model, _ = make_tiny_world()
+    z, a, G = clip(model, K=3, G=3)
+    x, s = torch.randn_like(z), torch.rand(3, 3)
+    with torch.no_grad():
+        tok, c, t_emb = model.hidden(x, s, a[:, :3], z, torch.zeros(3, 3))
+        v, _ = model.head(tok, c, t_emb)
+        want = model(x, s, a[:, :3], z, torch.zeros(3, 3))
+    N = model.cfg.tokens_per_frame
+    assert tok.shape == (3, 3 * N, model.cfg.d_model)
+    torch.testing.assert_close(model.unpatchify(v.reshape(9, N, -1)).view_as(x), want)
+
+
+def test_the_classifier_learns_to_tell_real_frames_from_generated_ones(make_tiny_world):
+    """Generated frames that differ from the real ones in colour only (a shift of one latent
+    channel, the failure of the tenth session's students): the classifier, trained alone on the
+    frozen critic's features, separates them."""
+    model, _ = make_tiny_world()
+    critic = copy.deepcopy(model).requires_grad_(False)
+    z, a, G = clip(model)
+    gen = torch.Generator().manual_seed(4)
+    z_real = torch.randn(3, G, *z.shape[2:], generator=gen)
+    fake = z_real.clone()
+    fake[:, :, 0] += 1.5
+    disc = FrameDiscriminator(model.cfg.d_model, hidden=32)
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-3)
+    ctx = torch.cat([z, fake], 1)
+    s_ctx = torch.zeros(3, ctx.shape[1])
+    torch.manual_seed(0)
+    first = None
+    for _ in range(60):
+        loss, m = discriminator_loss(critic, disc, fake, z_real, z, a, ctx, s_ctx)
+        first = first or m
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert m["d_loss"] < 0.5 * first["d_loss"]
+    assert m["d_acc"] > 0.9 and m["d_real"] > 0 > m["d_fake"]
+    assert all(p.grad is None for p in critic.parameters())  # the critic was frozen here
+
+
+def test_the_gan_term_moves_the_student_only(make_tiny_world):
+    model, _ = make_tiny_world()
+    student = copy.deepcopy(model).requires_grad_(True)
+    critic = copy.deepcopy(model).requires_grad_(True)
+    disc = FrameDiscriminator(model.cfg.d_model, hidden=32)
+    z, a, G = clip(model)
+    torch.manual_seed(3)
+    ro = rollout(student, z, a, G, student_levels(2, 3.0), torch.tensor([1, 2, 2]), 0.05)
+    losses = student_losses(student, ro, model, critic, z, a, False, disc=disc)
+    assert losses.gan is not None and torch.isfinite(losses.gan) and losses.metrics["gan"] == losses.gan.item()
+    losses.gan.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in (*critic.parameters(), *disc.parameters()))
+    # the critic's own training is untouched: its weights are trainable again afterwards
+    assert all(p.requires_grad for p in (*critic.parameters(), *disc.parameters()))
+    assert student_losses(student, ro, model, critic, z, a, False).gan is None

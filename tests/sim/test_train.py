@@ -91,6 +91,34 @@ def test_distill_with_the_regression_pull_adds_it_to_the_loss(run_dir, tmp_path)
         parse_args(["--stage", "distill", "--regress-frames", "-1"])
 
 
+def test_distill_with_the_gan_term_trains_its_classifier_and_resumes_it(run_dir, tmp_path):
+    out = tmp_path / "gan"
+    args = ["--stage", "distill", *SMALL, "--batch-size", "2", "--clip-frames", "6", "--prompt-frames", "3",
+            "--k-max", "2", "--log-every", "1", "--gan-weight", "0.5", "--gan-critic-weight", "0.1",
+            "--teacher", str(run_dir / "teacher" / "checkpoint"), "--out", str(out)]
+    train([*args, "--max-steps", "3"])
+    rows = [r for r in read_metrics(out / "distill" / "metrics.jsonl") if "step" in r]
+    assert len(rows) == 3
+    for key in ("gan", "d_loss", "d_real", "d_fake"):
+        values = [r[key] for r in rows]
+        assert all(np.isfinite(values)) and len(set(values)) > 1, (key, values)
+    assert all(r["loss"] == pytest.approx(r["dmd"] + r["conf_loss"] + 0.5 * r["gan"], rel=1e-4) for r in rows)
+    from safetensors import safe_open
+    state = out / "distill" / "state"
+    names = set()
+    for f in state.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            names |= set(st.keys())
+    assert any(n.startswith("disc.") for n in names) and any(n.startswith("disc.opt.") for n in names)
+    train([*args, "--max-steps", "4"])  # resumes the classifier with the rest
+    steps = [r["step"] for r in read_metrics(out / "distill" / "metrics.jsonl") if "step" in r]
+    assert steps == [1, 2, 3, 4]
+    from sim.train import parse_args
+    for bad in ("-1", "inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--stage", "distill", "--gan-weight", bad])
+
+
 def test_a_warm_started_run_keeps_the_training_record_of_its_init(run_dir, tmp_path):
     init = run_dir / "teacher" / "checkpoint"
     before = json.loads((init / "config.json").read_text())["training"]
