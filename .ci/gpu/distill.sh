@@ -12,9 +12,9 @@ python_train() {
     --batch-size 64 --clip-frames 14 --prompt-frames 4 --k-max 4 --lr 3e-5 --warmup-steps 200 \
     --workers 6 --log-every 10 --save-every-minutes 4 $TRAIN_FLAGS "$@"
 }
-# Then, for each student in turn (never two at once: concurrent GPU processes made Triton's
-# autotuner store K/V at unwritten slots, a CUDA illegal memory access; fixed in kernels/autotune.py
-# but not yet rerun on a GPU, BENCHMARKS.md, tenth session):
+# Then, for each student in turn (EVAL_PARALLEL=1: both at once; concurrent GPU processes made
+# Triton's autotuner store K/V at unwritten slots, a CUDA illegal memory access, until
+# kernels/autotune.py, BENCHMARKS.md, tenth and eleventh sessions):
 # python -m sim.eval --dsa on 16 held-out seeds, horizon 64, both
 # policies, fixed k = 1..4 and adaptive taus (A also with the teacher on the same clips, at
 # TEACHER_STEPS, default "32"; e.g. "4 32").
@@ -41,10 +41,11 @@ start)
     wait; touch $DSA/TRAINED
     [ '${EVAL:-1}' = 0 ] && { touch $DSA/DONE; exit 0; }
     case '$STUDENTS' in *A*) python3 -m sim.eval --checkpoint runs/maze-a/distill/checkpoint --dsa --teacher $TEACHER \
-      --teacher-steps ${TEACHER_STEPS:-32} --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 ;; esac
+      --teacher-steps ${TEACHER_STEPS:-32} --taus $TAUS $EVAL_FLAGS --out $DSA/eval-A > $DSA/eval-A.log 2>&1 \
+      $([ "${EVAL_PARALLEL:-0}" = 1 ] && echo '&') ;; esac
     case '$STUDENTS' in *B*) python3 -m sim.eval --checkpoint runs/maze-b/distill/checkpoint --dsa --taus $TAUS \
       $EVAL_FLAGS --out $DSA/eval-B > $DSA/eval-B.log 2>&1 ;; esac
-    touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &
+    wait; touch $DSA/DONE" > "$DSA/driver.log" 2>&1 < /dev/null &
   echo "distill.sh: started student(s) $STUDENTS for $MIN minutes from $TEACHER (logs in $DSA)"
   ;;
 poll)
