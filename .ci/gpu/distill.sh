@@ -2,6 +2,7 @@
 # DSA on one GPU: two students distilled side by side in the background, then the DSA eval.
 #   bash .ci/gpu/distill.sh start [minutes] [teacher]   # returns at once; runs under setsid
 #   bash .ci/gpu/distill.sh poll [seconds]              # waits up to N s, prints progress, collects
+#   bash .ci/gpu/distill.sh eval DIR [NAME] [teacher]   # the eval alone, on a carried student
 # By default student A commits each frame with the separate t = 0 cache pass and student B caches
 # its exit step's K/V instead (--cache-last-step, one pass fewer per frame); FLAGS_A and FLAGS_B
 # (defaults "" and "--cache-last-step") set what tells them apart, e.g. FLAGS_A="--regress-weight 1".
@@ -51,14 +52,17 @@ start)
 poll)
   N=${2:-500}
   for _ in $(seq 1 "$N"); do [ -f "$DSA/DONE" ] && break; sleep 1; done
-  for f in "$DSA"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -E '^\s*$|it/s\]$' | tail -4; done
+  for f in "$DSA"/*.log; do [ -f "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | grep -v -E '^\s*$|it/s\]$' | tail -4; done
   for r in a b; do tail -1 runs/maze-$r/distill/metrics.jsonl 2>/dev/null | cut -c1-400; done
-  if [ -f "$DSA/DONE" ]; then
+  # The students come back on every poll once training is over, not only with the eval: a
+  # machine lost during the eval (the twelfth session's) then costs the eval alone, which
+  # `eval` below reruns on a carried student.
+  if [ -f "$DSA/TRAINED" ]; then
     for r in A B; do
       low=$(echo $r | tr AB ab)
       [ -d runs/maze-$low/distill/checkpoint ] || continue
       cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
-      python3 -c "
+      [ -d "$DSA/student-$r" ] || python3 -c "
 import sys, torch; from sim.bundle import load_world, save_world
 m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
 save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distill/checkpoint "$DSA/student-$r"
@@ -67,5 +71,17 @@ save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distil
     (cd "$DSA" && tar -cf "$OUT/results.tar" --exclude='student-*' --exclude='*.npz' --exclude='strip_*' .)
     ls -la "$OUT"
   fi
+  ;;
+eval)
+  # bash .ci/gpu/distill.sh eval DIR [NAME] [teacher]: the DSA eval alone, in the foreground, on a
+  # student carried to the machine (carry DIR; the tree and one bf16 student fit the 64 MiB), with
+  # the teacher beside it at TEACHER_STEPS; results in $OUT/eval-NAME.tar.
+  CK=${2:?usage: distill.sh eval DIR [NAME] [teacher]}; NAME=${3:-A}; TEACHER=${4:-sim/weights/maze}
+  EVAL_FLAGS=${EVAL_FLAGS:---seeds 16 --horizon 64}
+  mkdir -p "$DSA"
+  python3 -m sim.eval --checkpoint "$CK" --dsa --teacher "$TEACHER" --teacher-steps ${TEACHER_STEPS:-32} \
+    --taus $TAUS $EVAL_FLAGS --out "$DSA/eval-$NAME" 2>&1 | tee "$DSA/eval-$NAME.log" | tr '\r' '\n' | grep -v -E '^\s*$|it/s\]$' | tail -40
+  (cd "$DSA" && tar -cf "$OUT/eval-$NAME.tar" --exclude='*.npz' --exclude='strip_*' "eval-$NAME" "eval-$NAME.log")
+  ls -la "$OUT"
   ;;
 esac
