@@ -54,23 +54,23 @@ poll)
   for _ in $(seq 1 "$N"); do [ -f "$DSA/DONE" ] && break; sleep 1; done
   for f in "$DSA"/*.log; do [ -f "$f" ] || continue; echo "== $f"; tr '\r' '\n' < "$f" | grep -v -E '^\s*$|it/s\]$' | tail -4; done
   for r in a b; do tail -1 runs/maze-$r/distill/metrics.jsonl 2>/dev/null | cut -c1-400; done
-  # The students come back on every poll once training is over, not only with the eval: a
-  # machine lost during the eval (the twelfth session's) then costs the eval alone, which
-  # `eval` below reruns on a carried student.
-  if [ -f "$DSA/TRAINED" ]; then
-    for r in A B; do
-      low=$(echo $r | tr AB ab)
-      [ -d runs/maze-$low/distill/checkpoint ] || continue
-      cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
-      [ -d "$DSA/student-$r" ] || python3 -c "
+  # Each student comes back on every poll from its first save on (--save-every-minutes 4; the EMA
+  # weights as bf16), not only with the eval: a machine lost later (the eleventh and twelfth
+  # sessions lost theirs) then costs the minutes since that save and the eval, which `eval`
+  # below reruns on a carried student.
+  for r in A B; do
+    low=$(echo $r | tr AB ab)
+    [ -d runs/maze-$low/distill/checkpoint ] || continue
+    cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
+    rm -rf "$DSA/student-$r"
+    python3 -c "
 import sys, torch; from sim.bundle import load_world, save_world
 m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
-save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distill/checkpoint "$DSA/student-$r"
-      tar -C "$DSA" -cf - "student-$r" | split -b 15M - "$OUT/ckpt-$r.tar."
-    done
-    (cd "$DSA" && tar -cf "$OUT/results.tar" --exclude='student-*' --exclude='*.npz' --exclude='strip_*' .)
-    ls -la "$OUT"
-  fi
+save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distill/checkpoint "$DSA/student-$r" \
+      && tar -C "$DSA" -cf - "student-$r" | split -b 15M - "$OUT/ckpt-$r.tar."
+  done
+  (cd "$DSA" && tar -cf "$OUT/results.tar" --exclude='student-*' --exclude='*.npz' --exclude='strip_*' .)
+  ls -la "$OUT"
   ;;
 eval)
   # bash .ci/gpu/distill.sh eval DIR [NAME] [teacher]: the DSA eval alone, in the foreground, on a
