@@ -7,13 +7,15 @@
     python -m controls.bench_server --tiny-student --device cpu --steps adaptive --seconds 2
     python -m controls.bench_server --fake-engine --sessions 64 --multiplexed --batch-wait-ms 50  # the server alone
     python -m controls.bench_server --logic-only --sessions 64   # its Python per request, sockets taken out too
+    python -m controls.bench_server --fake-engine --sessions 64 --vector 32   # 2 vector-env clients, step_many
 
 Starts a server on 127.0.0.1 (a subprocess; `--in-process` runs its loop on a thread here),
 then two phases, each after a warm-up:
 1. one session stepping back to back: frames/s and round-trip latency per frame (p50/p99);
 2. N sessions, one client thread each (`--processes`: one process each; `--multiplexed`: one
-   process for all, a socket each), stepping as fast as they can: aggregate frames/s, mean
-   batch size, round trip under load.
+   process for all, a socket each; `--vector K`: N/K processes of K sessions each, one
+   step_many request per round, as the vector env steps), stepping as fast as they can:
+   aggregate frames/s, mean batch size, round trip under load.
 The server's own overhead is its handling time (socket, msgpack, batching, bookkeeping)
 outside the engine, from its `stats`, as a share of engine step time, and per frame. With
 the engine on a thread of its own (`--modes overlap split`) that handling overlaps the GPU's
@@ -122,13 +124,14 @@ class FakeEngine:
         pass
 
 
-def logic_only(sessions: int, batches: int = 1500, resolution: int = 128) -> dict:
+def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector: int = 0) -> dict:
     """The server's own Python per request with the sockets taken out (`--logic-only`).
 
     A Server over a FakeEngine; each round hands `sessions` packed step requests straight to
     the loop's handler (asking whether the batch is due after each, as the loop does), runs the
     full batch and builds, packs and drops its replies. Medians over rounds after the first 100:
-    what is left for zmq (recv, send) and the engine is outside these figures.
+    what is left for zmq (recv, send) and the engine is outside these figures. vector K: the
+    sessions belong to sessions / K clients, each sending one step_many for its K per round.
     """
     import msgpack
     from controls.server import Host, Server, ServerConfig
@@ -141,11 +144,19 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128) -> dic
     server = Server(Host(FakeEngine(sessions, resolution=resolution), config), config)
     socket, server.socket = server.socket, Dropped()
     try:
-        owners = [b"client-%04d" % i for i in range(sessions)]
+        per = vector or 1
+        owners = [b"client-%04d" % i for i in range(sessions // per)]
         for i, owner in enumerate(owners):
-            server._on_message([owner, msgpack.packb({"op": "reset", "id": 0, "seed": i})], time.perf_counter())
-        steps = [[o, msgpack.packb({"op": "step", "id": 1, "session": next(iter(server.host._owned[o])),
-                                    "action": [0, 1, 0, 0, 1, 0]})] for o in owners]
+            for j in range(per):
+                server._on_message([owner, msgpack.packb({"op": "reset", "id": 0, "seed": i * per + j})],
+                                   time.perf_counter())
+        action = [0, 1, 0, 0, 1, 0]
+        if vector:
+            steps = [[o, msgpack.packb({"op": "step_many", "id": 1, "sessions": list(server.host._owned[o]),
+                                        "actions": [action] * per})] for o in owners]
+        else:
+            steps = [[o, msgpack.packb({"op": "step", "id": 1, "session": next(iter(server.host._owned[o])),
+                                        "action": action})] for o in owners]
         receive, run = [], []
         for _ in range(batches + 100):
             t0 = time.perf_counter()
@@ -153,7 +164,7 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128) -> dic
                 server._on_message(message, time.perf_counter())
                 server._batch_due(time.perf_counter())
             t1 = time.perf_counter()
-            if len(server.batch) != sessions:
+            if sum(len(p.tickets) for p in server.batch) != sessions:
                 raise RuntimeError(f"a round gathered {len(server.batch)} of {sessions} steps")
             server._run_batch()
             receive.append(t1 - t0)
@@ -162,14 +173,15 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128) -> dic
         server.socket = socket
         server._release()
     rx, tx = float(np.median(receive[100:])), float(np.median(run[100:]))
-    result = {"sessions": sessions, "batches": batches, "frame_shape": [resolution, resolution, 3],
+    result = {"sessions": sessions, "vector": vector, "batches": batches, "frame_shape": [resolution, resolution, 3],
               "receive_ms_per_batch": 1e3 * rx, "receive_us_per_request": 1e6 * rx / sessions,
               "run_and_replies_ms_per_batch": 1e3 * tx, "run_and_replies_us_per_request": 1e6 * tx / sessions}
-    print(f"dsa-sim server logic, sockets taken out, {sessions} sessions, {resolution}x{resolution} frames, "
+    how = f"step_many of {vector} from each of {sessions // vector} clients" if vector else "one step per client"
+    print(f"dsa-sim server logic, sockets taken out, {sessions} sessions ({how}), {resolution}x{resolution} frames, "
           f"median of {batches} batches: receiving + checks + batching {result['receive_ms_per_batch']:.3f} ms "
-          f"per batch ({result['receive_us_per_request']:.1f} us per request); fake engine + reply bodies + "
+          f"per batch ({result['receive_us_per_request']:.1f} us per step); fake engine + reply bodies + "
           f"packing {result['run_and_replies_ms_per_batch']:.3f} ms ({result['run_and_replies_us_per_request']:.1f} "
-          "us per request)")
+          "us per step)")
     return result
 
 
@@ -275,6 +287,40 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
         out.put((seed, result))
 
 
+def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: float, ready, start, out) -> None:
+    """One client, `k` sessions, all stepped by one step_many request per round, as the vector env
+    does: each frame's round trip is its request's. Results go to `out` as from `drive`, one
+    per session, numbered first..first+k-1."""
+    results = None
+    try:
+        with Client(endpoint, timeout_s=120) as c:
+            sessions = [c.reset(seed=first + i)[0] for i in range(k)]
+            rng = np.random.default_rng(first)
+            A = c.spec()["action_space"]["n"]
+            t_end = time.perf_counter() + warmup_s
+            while time.perf_counter() < t_end:
+                c.step_many(rng.integers(0, 2, (k, A)), sessions)
+            ready.wait()
+            start.wait()  # the main thread reads the server's stats in between
+            results = [{"round_trips": [], "steps": {}} for _ in range(k)]
+            t_end = time.perf_counter() + seconds
+            while time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                infos = c.step_many(rng.integers(0, 2, (k, A)), sessions)[4]
+                took = time.perf_counter() - t0
+                for r, info in zip(results, infos):
+                    r["round_trips"].append(took)
+                    r["steps"][info["steps"]] = r["steps"].get(info["steps"], 0) + 1
+            c.request("close")
+    except BaseException:
+        ready.abort()
+        start.abort()
+        raise
+    finally:
+        for i in range(k):
+            out.put((first + i, None if results is None else results[i]))
+
+
 def drive_many(endpoint: str, sessions: int, warmup_s: float, seconds: float, ready, start, out) -> None:
     """`sessions` clients in one process: one DEALER socket (so one identity) and one session each.
 
@@ -355,9 +401,19 @@ def drive_many(endpoint: str, sessions: int, warmup_s: float, seconds: float, re
         context.destroy(linger=0)
 
 
-def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients: str = "threads") -> dict:
-    """`sessions` clients stepping at once: threads of this process, one process each, or one process for all."""
-    if clients == "multiplexed":
+def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients: str = "threads",
+          vector: int = 0) -> dict:
+    """`sessions` clients stepping at once: threads of this process, one process each, or one process for all;
+    or (vector K) sessions / K client processes of K sessions each, stepping them by step_many."""
+    if vector and sessions > 1:
+        if sessions % vector:
+            raise BenchError(f"--vector {vector} must divide --sessions {sessions}")
+        n = sessions // vector
+        mp = multiprocessing.get_context("spawn")
+        ready, start, out = mp.Barrier(n + 1), mp.Barrier(n + 1), mp.Queue()
+        workers = [mp.Process(target=drive_vector, args=(endpoint, i * vector, vector, warmup_s, seconds, ready, start,
+                                                         out), daemon=True) for i in range(n)]
+    elif clients == "multiplexed":
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(2), mp.Barrier(2), mp.Queue()
         workers = [mp.Process(target=drive_many, args=(endpoint, sessions, warmup_s, seconds, ready, start, out),
@@ -463,6 +519,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--multiplexed", action="store_true",
                    help="every session's client (one socket each) in one process: leaves the server a core of "
                         "its own on a small machine")
+    p.add_argument("--vector", type=int, default=0, metavar="K",
+                   help="the N sessions as N/K client processes of K sessions each, every round one step_many "
+                        "request per client (as SimVectorEnv steps); with --logic-only, step_many requests of K")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -472,13 +531,18 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--fake-engine serves no model: drop --checkpoint, --steps and --tau")
     if args.processes and args.multiplexed:
         p.error("--processes and --multiplexed are two ways to run the clients: pick one")
-    clients = "multiplexed" if args.multiplexed else "processes" if args.processes else "threads"
+    if args.vector and (args.processes or args.multiplexed):
+        p.error("--vector runs its own client processes: drop --processes and --multiplexed")
+    if args.vector < 0 or (args.vector and args.sessions % args.vector):
+        p.error(f"--vector K must divide --sessions {args.sessions}")
+    clients = (f"vector of {args.vector}" if args.vector else "multiplexed" if args.multiplexed
+               else "processes" if args.processes else "threads")
     if args.sessions < 1 or args.seconds <= 0:
         p.error("--sessions must be >= 1 and --seconds > 0")
     if args.logic_only:
         if args.checkpoint or args.tiny or args.tiny_student or args.steps is not None or args.tau is not None:
             p.error("--logic-only runs the fake engine: drop --checkpoint, --tiny, --steps and --tau")
-        result = logic_only(args.sessions)
+        result = logic_only(args.sessions, vector=args.vector)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return result
@@ -508,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
                 server.steps_text = results[0]["steps_text"]
             try:
                 one = phase(server.endpoint, 1, args.warmup, args.seconds)
-                many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients)
+                many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients, args.vector)
             except ServerGone as e:
                 print(f"bench_server: {e}", file=sys.stderr)
                 raise

@@ -36,8 +36,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from zmq.utils.monitor import recv_monitor_message
 
-from controls.protocol import (DEFAULT_ENDPOINT, NO_SESSION, NO_SNAPSHOT, ProtocolError, check_request, decode_frame,
-                               pack, unpack_reply)
+from controls.protocol import (DEFAULT_ENDPOINT, NO_SESSION, NO_SNAPSHOT, STEP_MANY_VERSION, ProtocolError,
+                               check_request, decode_frame, pack, unpack_reply)
 
 TICK_RATE_HZ = 20
 
@@ -131,6 +131,23 @@ class Calls(abc.ABC):
     def step(self, action: Any, session: str | None = None) -> tuple[np.ndarray, float, bool, bool, dict]:
         r = self.request("step", action=self.action_list(action), session=session)
         return r["obs"], r["reward"], r["terminated"], r["truncated"], r["info"]
+
+    def step_many(self, actions: Any, sessions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                        np.ndarray, list[dict]]:
+        """Step several of this client's sessions in one request (protocol 2): actions [N, A], one
+        row per session. (frames [N, H, W, 3], rewards [N], terminated [N], truncated [N], infos).
+        One bad session or action refuses the whole request and no session steps."""
+        r = self.request("step_many", **self.many_fields(actions, sessions))
+        return (r["obs"], np.asarray(r["reward"], np.float32), np.asarray(r["terminated"], bool),
+                np.asarray(r["truncated"], bool), r["info"])
+
+    @staticmethod
+    def many_fields(actions: Any, sessions: Sequence[str]) -> dict:
+        a = np.asarray(actions, dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] != len(sessions):
+            raise ValueError(f"step_many takes one key vector per session: {len(sessions)} sessions, "
+                             f"actions of shape {a.shape}")
+        return {"sessions": list(sessions), "actions": a.tolist()}
 
     def snapshot(self, session: str | None = None) -> str:
         """Fork point: an id the server keeps (the state never travels); restore it any number of times."""
@@ -268,18 +285,20 @@ class LocalClient(Calls):
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
-        batch: list[tuple[int, Any]] = []
+        batch: list[tuple[int, str, list]] = []  # (request id, op, its tickets)
         for rid, op, fields, error in queue:
             now = time.perf_counter()
-            if error is None and op == "step":
+            if error is None and op in ("step", "step_many"):
                 try:
-                    ticket = self.host.prepare_step(self.owner, fields, now)
+                    tickets = ([self.host.prepare_step(self.owner, fields, now)] if op == "step"
+                               else self.host.prepare_steps(self.owner, fields, now))
                 except ProtocolError as e:
                     error = e
                 else:
-                    if any(t.session is ticket.session for _, t in batch):
+                    batched = {id(t.session) for _, _, ts in batch for t in ts}
+                    if any(id(t.session) in batched for t in tickets):
                         self._run(batch)
-                    batch.append((rid, ticket))
+                    batch.append((rid, op, tickets))
                     continue
             self._run(batch)
             if error is None:
@@ -292,9 +311,12 @@ class LocalClient(Calls):
 
     def _run(self, batch: list) -> None:
         if batch:
-            replies = self.host.run_steps([t for _, t in batch], time.perf_counter())
-            for (rid, _), reply in zip(batch, replies):
-                self._replies[rid] = ("step", self._copy(reply))
+            bodies = self.host.run_steps([t for _, _, ts in batch for t in ts], time.perf_counter())
+            a = 0
+            for rid, op, tickets in batch:
+                mine = [self._copy(b) for b in bodies[a:a + len(tickets)]]
+                a += len(tickets)
+                self._replies[rid] = (op, mine[0] if op == "step" else self.host.many_reply(mine))
             batch.clear()
 
     @staticmethod
@@ -460,6 +482,8 @@ class SimVectorEnv(VectorEnv):
             raise ValueError(f"the servers differ in scene, actions or frame shape: "
                              f"{[[s[k] for k in keys] for s in specs]}")
         self.info = specs[0]
+        # each server's sub-envs step in one step_many request, unless it predates protocol 2
+        self._many = {id(c): s.get("protocol", 1) >= STEP_MANY_VERSION for c, s in zip(self.clients, specs)}
         self.single_action_space, self.single_observation_space = _spaces(self.info, scene)
         self.action_space = spaces.MultiBinary((self.num_envs, self.single_action_space.n))
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -510,21 +534,37 @@ class SimVectorEnv(VectorEnv):
         reset_set = set(resets.tolist())
         out = self._reset_ids(resets, [int(s) for s in self.np_random.integers(0, 2**31 - 1, len(resets))],
                               self.options)
-        for i in np.flatnonzero(~self._autoreset):  # all requests out before any reply is read
-            c = self.env_client[i]
-            out[i] = (c, c.send("step", action=Calls.action_list(actions[i]), session=self.sessions[i]))
+        many: list[tuple[Calls, Any, np.ndarray]] = []  # (client, request id, its envs)
+        for c in self.clients:  # all requests out before any reply is read
+            envs = np.array([i for i in np.flatnonzero(~self._autoreset) if self.env_client[i] is c], dtype=int)
+            if not len(envs):
+                continue
+            if self._many[id(c)]:
+                fields = Calls.many_fields(actions[envs], [self.sessions[i] for i in envs])
+                many.append((c, c.send("step_many", **fields), envs))
+            else:
+                for i in envs:
+                    out[int(i)] = (c, c.send("step", action=Calls.action_list(actions[i]), session=self.sessions[i]))
         rewards = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
+        replies: dict[int, dict] = {}
+        for i, (client, rid) in sorted(out.items()):
+            replies[i] = client.recv(rid)
+        for client, rid, envs in many:
+            r = client.recv(rid)
+            self._frames[envs] = r["obs"]
+            rewards[envs], terminated[envs], truncated[envs] = r["reward"], r["terminated"], r["truncated"]
+            replies.update((int(i), {"info": info}) for i, info in zip(envs, r["info"]))
         infos: dict = {}
         for i in range(self.num_envs):
-            client, rid = out[i]
-            reply = client.recv(rid)
-            self._frames[i] = reply["obs"]
-            if i in reset_set:
-                self.sessions[i] = reply["session"]
-            else:
-                rewards[i], terminated[i], truncated[i] = reply["reward"], reply["terminated"], reply["truncated"]
+            reply = replies[i]
+            if "obs" in reply:  # a reset or a single step
+                self._frames[i] = reply["obs"]
+                if i in reset_set:
+                    self.sessions[i] = reply["session"]
+                else:
+                    rewards[i], terminated[i], truncated[i] = reply["reward"], reply["terminated"], reply["truncated"]
             infos = self._add_info(infos, reply["info"], i)
         self._autoreset = terminated | truncated
         return self._frames.copy(), rewards, terminated, truncated, infos

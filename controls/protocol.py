@@ -1,9 +1,12 @@
-"""The wire protocol between agents and the server: msgpack maps over ZeroMQ, version 1.
+"""The wire protocol between agents and the server: msgpack maps over ZeroMQ, version 2.
 
     request  {"op": "step", "id": 7, "session": "9f2c...", "action": [1, 0, 0, 0, 0, 0]}
     reply    {"id": 7, "boot": "a1b2c3d4", "session": "9f2c...", "obs": {"frame": b"...",
               "shape": [128, 128, 3], "dtype": "uint8"}, "reward": 0.0, "terminated": false,
               "truncated": false, "info": {"steps": 4, "confidence": 0.93, "latency_ms": 9.1, ...}}
+    request  {"op": "step_many", "id": 8, "sessions": ["9f2c...", "07ab..."], "actions": [[1, 0, ...], [0, ...]]}
+    reply    {"id": 8, "boot": ..., "sessions": [...], "obs": {"frame": b"...", "shape": [2, 128, 128, 3], ...},
+              "reward": [0.0, 0.0], "terminated": [...], "truncated": [...], "info": [{...}, {...}]}
     error    {"id": 7, "boot": "a1b2c3d4", "error": {"code": "bad_action", "message": "..."}}
 
 PROTOCOL.md at the repository root is the full specification; this module is its code:
@@ -13,6 +16,7 @@ and the in-process env all share it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +24,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2 added step_many; a version 1 peer reads everything else the same
+STEP_MANY_VERSION = 2  # the first version with step_many (a client asks spec before sending one)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-OPS = ("spec", "reset", "step", "snapshot", "restore", "close", "ping", "stats")
+OPS = ("spec", "reset", "step", "step_many", "snapshot", "restore", "close", "ping", "stats")
 PROMPT_POLICIES = ("explore", "random", "idle")  # what the real scene does during a prompt
 
 # ---- error codes ------------------------------------------------------------------------------
@@ -119,6 +124,10 @@ FIELDS = {
     "options": (_options, "null or a map (see PROTOCOL.md)"),
     "action": (lambda v: isinstance(v, list), "a list of numbers, one per key"),
     "new_session": (lambda v: isinstance(v, bool), "true or false"),
+    "sessions": (lambda v: isinstance(v, list) and len(v) > 0 and all(_token(t) for t in v),
+                 "a non-empty list of session id strings"),
+    "actions": (lambda v: isinstance(v, list) and all(type(a) is list for a in v),
+                "a list of key vectors (lists of numbers), one per session"),
 }
 OP_FIELDS = {
     "spec": ((), ()),
@@ -126,6 +135,7 @@ OP_FIELDS = {
     "stats": ((), ()),
     "reset": ((), ("session", "seed", "options")),
     "step": (("action",), ("session",)),
+    "step_many": (("sessions", "actions"), ()),
     "snapshot": ((), ("session",)),
     "restore": (("snapshot",), ("session", "new_session")),
     "close": ((), ("session", "snapshot")),
@@ -179,6 +189,13 @@ def check_request(message: dict) -> tuple[str, dict]:
             raise ProtocolError(BAD_REQUEST, f"{op}: {name} must be {what}, got {type(value).__name__}")
     if op == "reset" and fields.get("options"):
         check_reset_options(fields["options"])
+    if op == "step_many":
+        sessions, actions = fields["sessions"], fields["actions"]
+        if len(actions) != len(sessions):
+            raise ProtocolError(BAD_REQUEST, f"step_many needs one action per session: {len(sessions)} sessions, "
+                                             f"{len(actions)} actions")
+        if len(set(sessions)) != len(sessions):
+            raise ProtocolError(BAD_REQUEST, "step_many names a session twice: a session makes one frame per step")
     return op, fields
 
 
@@ -212,9 +229,29 @@ def decode_action(action: list, action_dim: int, names: list[str] | None = None)
     return np.asarray(action, dtype=np.float32)
 
 
+def decode_actions(rows: list, action_dim: int, names: list[str] | None = None) -> np.ndarray:
+    """step_many's key vectors -> float32 [N, A]; ProtocolError naming the first bad one.
+
+    Read as one array and range-checked at once in the usual case; anything else (ragged rows,
+    strings, which numpy would parse, NaN) goes through decode_action row by row for its error.
+    """
+    if all(_NUMBER_TYPES.issuperset(map(type, r)) for r in rows):
+        with contextlib.suppress(ValueError, TypeError):
+            a = np.asarray(rows, dtype=np.float32)
+            if a.shape == (len(rows), action_dim) and ((a >= 0.0) & (a <= 1.0)).all():
+                return a
+    for i, row in enumerate(rows):
+        try:
+            decode_action(row, action_dim, names)
+        except ProtocolError as e:
+            raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}") from None
+    raise AssertionError("decode_actions: the bulk check refused rows that each pass")  # not reached
+
+
 # ---- frames -----------------------------------------------------------------------------------
 def encode_frame(frame: np.ndarray) -> dict:
-    """uint8 [H, W, 3] -> {"frame": raw bytes, "shape": [H, W, 3], "dtype": "uint8"}.
+    """uint8 [H, W, 3] -> {"frame": raw bytes, "shape": [H, W, 3], "dtype": "uint8"}; step_many's
+    frames, [N, H, W, 3], travel the same way as one obs.
 
     The bytes are a view of the array's memory, not a copy (msgpack packs a memoryview as
     bin, exactly as it packs bytes): pack the result before the array changes.

@@ -54,7 +54,7 @@ import zmq
 import scenes
 from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, NO_SESSION, NO_SNAPSHOT,
                                PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
-                               decode_action, encode_frame, request_id, unpack_request)
+                               decode_action, decode_actions, encode_frame, request_id, unpack_request)
 from controls.session import steps_arg  # the --steps flag, shared with play.py
 
 TICK_RATE_HZ = 20.0
@@ -63,6 +63,8 @@ REAP_EVERY_S = 1.0
 HARD_SIZE_FACTOR = 8    # ZeroMQ drops the connection of a peer sending over factor x max_message_bytes
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # combined once (see Server._send)
 ENGINE_OPS = ("reset", "snapshot", "restore")  # requests that use the engine: never while a batch is on it
+STEP_OPS = ("step", "step_many")  # requests that join the batch being gathered
+ZERO_COPY_BYTES = 1 << 20  # a reply this large (step_many's frames) is handed to libzmq without a copy
 SWITCH_INTERVAL_S = 2e-4  # how long one thread may hold the interpreter lock while the other waits for it
 
 
@@ -343,6 +345,36 @@ class Host:
         s.last_used = s.last_step = now
         return StepTicket(s, action, now)
 
+    def prepare_steps(self, owner: bytes, fields: dict, now: float) -> list[StepTicket]:
+        """Check a step_many request, all of it before any session is touched: one bad session or
+        action refuses the whole request (naming which), and no session steps."""
+        self.owner_seen[owner] = now
+        tokens = fields["sessions"]
+        sessions = [self.sessions.get(t) for t in tokens]
+        for i, s in enumerate(sessions):
+            if s is None or s.owner != owner:
+                try:
+                    self._session(owner, {"session": tokens[i]})  # says why, as a step would
+                except ProtocolError as e:
+                    raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}; no session was stepped") from None
+        try:
+            actions = decode_actions(fields["actions"], len(self.actions), self.actions)
+        except ProtocolError as e:
+            raise ProtocolError(e.code, f"{e.message}; no session was stepped") from None
+        for s in sessions:
+            s.last_used = s.last_step = now
+        return [StepTicket(s, a, now) for s, a in zip(sessions, actions)]
+
+    @staticmethod
+    def many_reply(bodies: list[dict], frames: np.ndarray | None = None) -> dict:
+        """step_many's one reply from its sessions' step bodies, in request order. frames: those
+        sessions' frames as one array [N, H, W, 3] (a slice of the engine's batch: no copy); None
+        stacks the bodies' own."""
+        return {"sessions": [b["session"] for b in bodies],
+                "obs": frames if frames is not None else np.stack([b["obs"] for b in bodies]),
+                "reward": [b["reward"] for b in bodies], "terminated": [b["terminated"] for b in bodies],
+                "truncated": [b["truncated"] for b in bodies], "info": [b["info"] for b in bodies]}
+
     def wait_ms(self, ticket: StepTicket) -> float:
         """How long this step may wait for others: the batch wait, less if its budget needs it."""
         wait = self.config.batch_wait_ms
@@ -489,7 +521,7 @@ class Pending:
     fields: dict | None
     received: float
     error: ProtocolError | None = None  # refused already: answered in its turn
-    ticket: StepTicket | None = None
+    tickets: list[StepTicket] | None = None  # a step's one, a step_many's one per session
 
 
 @dataclass(slots=True)
@@ -723,9 +755,10 @@ class Server:
         """Answer this client's queued requests in order; steps join the batch, which holds the rest back."""
         while client.queue:
             p = client.queue[0]
-            if p.error is None and p.op == "step":
+            if p.error is None and p.op in STEP_OPS:
                 try:
-                    ticket = self.host.prepare_step(owner, p.fields, now)
+                    tickets = ([self.host.prepare_step(owner, p.fields, now)] if p.op == "step"
+                               else self.host.prepare_steps(owner, p.fields, now))
                 except Exception as e:
                     if not isinstance(e, ProtocolError):
                         traceback.print_exc()
@@ -735,15 +768,16 @@ class Server:
                     client.queue.popleft()
                     self._reply(p, e)
                     continue
-                if id(ticket.session) in self._batched:
+                if any(id(t.session) in self._batched for t in tickets):
                     return  # a second step of one session waits for the next batch
-                ticket.received = p.received
-                p.ticket = ticket
+                p.tickets = tickets
                 client.queue.popleft()
                 client.inflight.append(p)
                 self.batch.append(p)
-                self._batched.add(id(ticket.session))
-                self._deadline = min(self._deadline, p.received + self.host.wait_ms(ticket) / 1e3)
+                for t in tickets:
+                    t.received = p.received
+                    self._batched.add(id(t.session))
+                    self._deadline = min(self._deadline, p.received + self.host.wait_ms(t) / 1e3)
                 continue
             if client.inflight:
                 return
@@ -784,17 +818,22 @@ class Server:
 
     def _take_batch(self) -> list[Pending]:
         """The steps to run now: all pending, or with many sessions stepping the older half of them
-        (the rest wait for the next batch, which starts the moment this one leaves the engine)."""
+        (the rest wait for the next batch, which starts the moment this one leaves the engine; a
+        step_many request stays whole, on the side of the split where it starts)."""
         batch = self.batch
         split = self.config.split_batches_at
         if self.engine is not None and split and len(self.host.sessions) >= split and len(batch) > 1:
             live = time.perf_counter() - LIVE_WINDOW_S
             stepping = sum(1 for s in self.host.sessions.values() if s.last_step >= live)
             half = math.ceil(stepping / 2)
-            if stepping >= split and len(batch) > half:
-                batch, self.batch = batch[:half], batch[half:]
-                self._batched = {id(p.ticket.session) for p in self.batch}
-                self._deadline = min(p.received + self.host.wait_ms(p.ticket) / 1e3 for p in self.batch)
+            cut, taken = 0, 0
+            while cut < len(batch) and taken < half:
+                taken += len(batch[cut].tickets)
+                cut += 1
+            if stepping >= split and cut < len(batch):
+                batch, self.batch = batch[:cut], batch[cut:]
+                self._batched = {id(t.session) for p in self.batch for t in p.tickets}
+                self._deadline = min(p.received + self.host.wait_ms(t) / 1e3 for p in self.batch for t in p.tickets)
                 return batch
         self.batch, self._batched, self._deadline = [], set(), float("inf")
         return batch
@@ -806,7 +845,7 @@ class Server:
         self._live_at_start, self._live_until = len(live), min(live, default=start) + LIVE_WINDOW_S
         self._sessions_changed_at_start = self.host.opened_or_closed
         self.batch_wait_s += start - min(p.received for p in batch)
-        tickets = [p.ticket for p in batch]
+        tickets = [t for p in batch for t in p.tickets]
         self._inflight.update(id(t.session) for t in tickets)
         if self.engine is not None:  # on the engine thread; `_batch_done` takes it from there
             self.running = batch
@@ -817,17 +856,18 @@ class Server:
             frames, reports, done = self.host.step_engine(self.host.engine_inputs(tickets, start))
             results: list = self.host.finish_steps(tickets, frames, reports, done)
         except Exception as e:
-            results, done = self._failed(e, len(batch)), time.perf_counter()
-        self._send_batch(batch, results, done)
+            results, frames, done = self._failed(e, len(tickets)), None, time.perf_counter()
+        self._send_batch(batch, results, done, frames)
 
     def _batch_done(self, go_on: bool = True, timeout_s: float | None = None) -> None:
         """The engine thread is through with the running batch: start the next one (unless not
         `go_on`: at shutdown), then answer this one."""
         batch, self.running = self.running, []
+        tickets = [t for p in batch for t in p.tickets]
         try:
             frames, reports, done = self.engine.collect(timeout_s)
         except Exception as e:
-            results = self._failed(e, len(batch))
+            results, frames = self._failed(e, len(tickets)), None
         else:
             results = None
         if go_on:
@@ -837,10 +877,10 @@ class Server:
         built_from = time.perf_counter()
         if results is None:
             try:
-                results = self.host.finish_steps([p.ticket for p in batch], frames, reports, done)
+                results = self.host.finish_steps(tickets, frames, reports, done)
             except Exception as e:
-                results = self._failed(e, len(batch))
-        self._send_batch(batch, results, built_from)
+                results, frames = self._failed(e, len(tickets)), None
+        self._send_batch(batch, results, built_from, frames)
 
     def _release_held(self) -> None:
         """The engine is free for a moment: the resets, snapshots and restores waiting for it go on."""
@@ -856,15 +896,30 @@ class Server:
         traceback.print_exc()
         return [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * n
 
-    def _send_batch(self, batch: list[Pending], results: list, built_from: float) -> None:
-        """Reply to every step of a batch, then let its clients' next requests through."""
+    def _send_batch(self, batch: list[Pending], results: list, built_from: float,
+                    frames: np.ndarray | None = None) -> None:
+        """Reply to every step of a batch (results: one per ticket, in the batch's order; frames:
+        the engine's [B, H, W, 3], which a step_many reply sends a slice of), then let its clients'
+        next requests through."""
         built = time.perf_counter()
-        self.bodies_s += built - built_from
-        for p, result in zip(batch, results):
-            self._inflight.discard(id(p.ticket.session))
-            self._reply(p, result)
-            if isinstance(result, dict):
-                self.step_wall_ms.append(result["info"]["wall_ms"])
+        a = 0
+        replies = []
+        for p in batch:
+            b = a + len(p.tickets)
+            mine = results[a:b]
+            for t in p.tickets:
+                self._inflight.discard(id(t.session))
+            failed = next((r for r in mine if isinstance(r, ProtocolError)), None)
+            if failed is not None or p.op == "step":
+                replies.append(failed or mine[0])
+            else:
+                replies.append(self.host.many_reply(mine, None if frames is None else frames[a:b]))
+            self.step_wall_ms.extend(r["info"]["wall_ms"] for r in mine if isinstance(r, dict))
+            a = b
+        self.bodies_s += time.perf_counter() - built_from
+        built = time.perf_counter()
+        for p, reply in zip(batch, replies):
+            self._reply(p, reply)
         self.replies_s += time.perf_counter() - built
         owners = {p.envelope[0] for p in batch}
         now = time.perf_counter()
@@ -900,14 +955,22 @@ class Server:
         self._packer.reset()  # the last reply's view is released: the buffer is free
         self._packer.pack(body)
         payload = self._packer.getbuffer()
+        big = len(payload) >= ZERO_COPY_BYTES
+        if big:
+            # step_many's frames: a buffer of its own, handed over without the second copy (the
+            # zero-copy bookkeeping costs less than copying megabytes); libzmq keeps it until sent
+            payload.release()
+            packer, self._packer = self._packer, msgpack.Packer(use_bin_type=True, autoreset=False)
+            payload = packer.getbuffer()
         try:
             for frame in envelope:
                 self.socket.send(frame, SEND_MORE)
-            self.socket.send(payload, SEND_LAST)
+            self.socket.send(payload, SEND_LAST, copy=not big)
         except zmq.ZMQError:  # the client is gone or not reading: its reply is dropped, never blocks the loop
             pass
         finally:
-            payload.release()
+            if not big:
+                payload.release()
 
     def stats(self) -> dict:
         uptime = time.perf_counter() - self.started

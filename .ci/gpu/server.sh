@@ -10,7 +10,8 @@
 # Steps are adaptive (DSA: the confidence head ends each frame, 1 to k_max steps) at
 # confidence >= TAU (default 0.8); STEPS=N fixes them instead (a teacher has fixed steps only).
 # Each client is its own process (16 cores): 64 client threads would share one interpreter lock
-# and could cap frames/s themselves; CLIENTS=threads measures that way instead.
+# and could cap frames/s themselves; CLIENTS=threads measures that way instead; VECTOR=K runs
+# SESSIONS/K client processes of K sessions each, stepping them by step_many (as SimVectorEnv does).
 # MODES (default "inline"): how the server runs its engine, one run each (controls.bench_server
 # --modes): inline (on the loop's thread), overlap (its own thread), split (its own thread, half the
 # sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
@@ -32,7 +33,8 @@ FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds 
        --steps "$STEPS" --batch-wait-ms "$BATCH_WAIT_MS" --start-timeout 120)
 HOW="$STEPS steps"
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
-if [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
+if [ -n "${VECTOR:-}" ]; then FLAGS+=(--vector "$VECTOR"); CLIENTS="vector of $VECTOR"  # step_many clients
+elif [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
 MODES=${MODES:-inline}
 # shellcheck disable=SC2206 (the modes are words)
 FLAGS+=(--modes $MODES)

@@ -124,6 +124,16 @@ def bad_steps(attacker_session, victim_session):
         st.builds(lambda op: {"op": op}, st.text(max_size=10).filter(lambda o: o not in P.OPS)),
         st.builds(lambda n: {"op": "step", "session": attacker_session, "action": [0.0] * n},
                   st.integers(P.Limits.max_array_len + 1, 5000)),
+        # step_many: a foreign session beside one's own, a session twice, bad actions, bad shapes
+        st.just({"op": "step_many", "sessions": [attacker_session, victim_session], "actions": [ok, ok]}),
+        st.builds(lambda n: {"op": "step_many", "sessions": [attacker_session] * n, "actions": [ok] * n},
+                  st.integers(2, 5)),
+        st.builds(lambda a: {"op": "step_many", "sessions": [attacker_session], "actions": [a]},
+                  st.lists(st.floats(allow_nan=True), min_size=0, max_size=12).filter(
+                      lambda a: len(a) != A or not all(math.isfinite(x) and 0 <= x <= 1 for x in a))),
+        st.builds(lambda v, w: {"op": "step_many", "sessions": v, "actions": w},
+                  st.one_of(st.none(), st.text(max_size=5), st.lists(INT64, max_size=3), st.just([])),
+                  st.one_of(st.none(), st.lists(st.lists(INT64, max_size=2), max_size=3), INT64)),
     )
 
 

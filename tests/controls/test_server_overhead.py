@@ -90,9 +90,20 @@ def test_the_fake_engine_bench_measures_the_server_alone(capsys):
 def test_the_logic_only_bench_times_the_handlers_without_sockets(tmp_path, capsys):
     result = bench(["--logic-only", "--sessions", "8", "--json", str(tmp_path / "logic.json")])
     assert result["sessions"] == 8 and result["receive_us_per_request"] > 0 and result["run_and_replies_us_per_request"] > 0
-    assert "us per request" in capsys.readouterr().out and (tmp_path / "logic.json").exists()
-    with pytest.raises(SystemExit):
-        bench(["--logic-only", "--tau", "0.5"])
+    assert "us per step" in capsys.readouterr().out and (tmp_path / "logic.json").exists()
+    many = bench(["--logic-only", "--sessions", "8", "--vector", "4"])  # two clients' step_many of 4
+    assert many["vector"] == 4 and many["receive_us_per_request"] > 0
+    assert "step_many of 4 from each of 2 clients" in capsys.readouterr().out
+    for bad in (["--logic-only", "--tau", "0.5"], ["--logic-only", "--sessions", "8", "--vector", "3"],
+                ["--fake-engine", "--vector", "4", "--processes"]):
+        with pytest.raises(SystemExit):
+            bench(bad)
+
+
+def test_the_bench_drives_vector_clients_with_step_many(capsys):
+    result = bench(["--fake-engine", "--sessions", "4", "--vector", "2", "--seconds", "0.3", "--warmup", "0.1"])
+    assert result["clients"] == "vector of 2" and result["phases"][1]["frames"] > 0
+    assert result["mean_batch_size"] >= 2  # a request's two sessions always share a batch
 
 
 def test_the_bench_runs_each_mode_on_one_engine_and_prints_them_side_by_side(capsys):

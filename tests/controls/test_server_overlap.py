@@ -122,6 +122,36 @@ def test_with_many_sessions_halves_alternate_on_the_engine_thread_and_every_repl
     assert reset_s < 1.0, f"a reset waited {reset_s:.2f} s behind the stepping sessions"
 
 
+def test_step_many_requests_stay_whole_when_batches_split(serve_slow):
+    engine = SlowEngine(8, step_s=0.005)
+    server, _ = serve_slow(engine, split_batches_at=4, batch_wait_ms=50)
+    errors, results = [], {}
+
+    def agent(c):  # four sessions in one step_many per tick, as a vector env steps them
+        try:
+            with Client(server.endpoint, timeout_s=30) as client:
+                sessions = [client.reset(seed=10 * c + i)[0] for i in range(4)]
+                ticks = []
+                for t in range(20):
+                    _, _, _, _, infos = client.step_many(np.eye(A)[[(t + i) % A for i in range(4)]], sessions)
+                    ticks.append([i["tick"] for i in infos])
+                results[c] = ticks
+        except Exception as e:
+            errors.append((c, repr(e)))
+
+    threads = [threading.Thread(target=agent, args=(c,)) for c in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    for c, ticks in results.items():
+        assert ticks == [[t + 1] * 4 for t in range(20)], f"client {c} got replies out of order or lost"
+    assert not engine.collisions
+    # a request's four sessions are never cut apart: every batch is one or both requests whole
+    assert {b for _, b in engine.calls} <= {4, 8}, engine.calls
+
+
 def test_without_overlap_the_loop_steps_the_engine_itself(serve_slow):
     engine = SlowEngine(2, step_s=0.0)
     server, thread = serve_slow(engine, overlap=False)
