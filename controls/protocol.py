@@ -237,9 +237,9 @@ def decode_actions(rows: list, action_dim: int, names: list[str] | None = None) 
     """
     if all(_NUMBER_TYPES.issuperset(map(type, r)) for r in rows):
         with contextlib.suppress(ValueError, TypeError):
-            a = np.asarray(rows, dtype=np.float32)
+            a = np.asarray(rows, dtype=np.float64)  # the range on the numbers sent, as decode_action checks it
             if a.shape == (len(rows), action_dim) and ((a >= 0.0) & (a <= 1.0)).all():
-                return a
+                return a.astype(np.float32)
     for i, row in enumerate(rows):
         try:
             decode_action(row, action_dim, names)

@@ -901,7 +901,6 @@ class Server:
         """Reply to every step of a batch (results: one per ticket, in the batch's order; frames:
         the engine's [B, H, W, 3], which a step_many reply sends a slice of), then let its clients'
         next requests through."""
-        built = time.perf_counter()
         a = 0
         replies = []
         for p in batch:
@@ -921,12 +920,15 @@ class Server:
         for p, reply in zip(batch, replies):
             self._reply(p, reply)
         self.replies_s += time.perf_counter() - built
+        answered = {id(p) for p in batch}
         owners = {p.envelope[0] for p in batch}
         now = time.perf_counter()
         for owner in owners:
             client = self.clients.get(owner)
             if client is not None:
-                client.inflight.clear()
+                # only this batch's steps: the client's steps in the next batch (started already, or
+                # still gathering) keep holding its later requests back, so replies stay in order
+                client.inflight[:] = [p for p in client.inflight if id(p) not in answered]
                 self._advance(owner, client, now)
 
     def _reply(self, p: Pending, result: dict | ProtocolError) -> None:

@@ -152,6 +152,35 @@ def test_step_many_requests_stay_whole_when_batches_split(serve_slow):
     assert {b for _, b in engine.calls} <= {4, 8}, engine.calls
 
 
+def test_a_step_in_the_next_batch_still_holds_back_the_requests_behind_it(serve_slow):
+    engine = SlowEngine(4, step_s=0.3)
+    server, _ = serve_slow(engine, batch_wait_ms=0)
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.endpoint)
+
+    def send(r):
+        raw.send(P.pack(r))
+
+    def recv():
+        assert raw.poll(10_000), "no reply"
+        return msgpack.unpackb(raw.recv(), raw=False)
+
+    send({"op": "reset", "id": -1, "seed": 1})
+    s1 = recv()["session"]
+    send({"op": "reset", "id": -2, "seed": 2})
+    s2 = recv()["session"]
+    send({"op": "step_many", "id": 0, "sessions": [s1], "actions": [[0] * A]})
+    time.sleep(0.1)  # on the engine: the next step gathers into the next batch, started as this one ends
+    send({"op": "step", "id": 1, "session": s2, "action": [0] * A})
+    send({"op": "ping", "id": 2})
+    send({"op": "close", "id": 3, "session": s2})
+    replies = [recv() for _ in range(4)]
+    assert [r["id"] for r in replies] == [0, 1, 2, 3]  # the close waited for s2's step
+    assert "error" not in replies[1] and replies[3]["closed"]["sessions"] == [s2]
+    raw.close()
+
+
 def test_without_overlap_the_loop_steps_the_engine_itself(serve_slow):
     engine = SlowEngine(2, step_s=0.0)
     server, thread = serve_slow(engine, overlap=False)

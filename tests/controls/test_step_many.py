@@ -60,7 +60,8 @@ def test_step_many_actions_are_read_in_bulk_and_a_bad_one_is_named():
     assert good.dtype == np.float32 and good.shape == (2, A) and good[1, 2] == 0.5
     for rows, code in [([[0] * A, ["1"] + [0] * 5], P.BAD_ACTION),   # numpy would read "1" as a number
                        ([[0] * A, [0] * (A - 1)], P.BAD_ACTION), ([[0] * A, [math.nan] * A], P.BAD_ACTION),
-                       ([[0] * A, [0] * A, [2] + [0] * 5], P.BAD_ACTION), ([[0] * A, [{}] * A], P.BAD_ACTION)]:
+                       ([[0] * A, [0] * A, [2] + [0] * 5], P.BAD_ACTION), ([[0] * A, [{}] * A], P.BAD_ACTION),
+                       ([[0] * A, [1.00000001] + [0] * 5], P.BAD_ACTION)]:  # as step refuses it (not rounded first)
         with pytest.raises(P.ProtocolError) as e:
             P.decode_actions(rows, A)
         assert e.value.code == code and f"sessions[{len(rows) - 1}]" in e.value.message, rows
