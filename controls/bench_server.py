@@ -164,8 +164,9 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
                 server._on_message(message, time.perf_counter())
                 server._batch_due(time.perf_counter())
             t1 = time.perf_counter()
-            if sum(len(p.tickets) for p in server.batch) != sessions:
-                raise RuntimeError(f"a round gathered {len(server.batch)} of {sessions} steps")
+            gathered = sum(len(p.tickets) for p in server.batch)
+            if gathered != sessions:
+                raise RuntimeError(f"a round gathered {gathered} of {sessions} steps")
             server._run_batch()
             receive.append(t1 - t0)
             run.append(time.perf_counter() - t1)

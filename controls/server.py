@@ -64,7 +64,7 @@ HARD_SIZE_FACTOR = 8    # ZeroMQ drops the connection of a peer sending over fac
 SEND_MORE, SEND_LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # combined once (see Server._send)
 ENGINE_OPS = ("reset", "snapshot", "restore")  # requests that use the engine: never while a batch is on it
 STEP_OPS = ("step", "step_many")  # requests that join the batch being gathered
-ZERO_COPY_BYTES = 1 << 20  # a reply this large (step_many's frames) is handed to libzmq without a copy
+ZERO_COPY_BYTES = 1 << 20  # a reply this large (step_many's frames) is handed to libzmq without its copy
 SWITCH_INTERVAL_S = 2e-4  # how long one thread may hold the interpreter lock while the other waits for it
 
 
@@ -349,14 +349,12 @@ class Host:
         """Check a step_many request, all of it before any session is touched: one bad session or
         action refuses the whole request (naming which), and no session steps."""
         self.owner_seen[owner] = now
-        tokens = fields["sessions"]
-        sessions = [self.sessions.get(t) for t in tokens]
-        for i, s in enumerate(sessions):
-            if s is None or s.owner != owner:
-                try:
-                    self._session(owner, {"session": tokens[i]})  # says why, as a step would
-                except ProtocolError as e:
-                    raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}; no session was stepped") from None
+        sessions = []
+        for i, token in enumerate(fields["sessions"]):
+            try:
+                sessions.append(self._session(owner, {"session": token}))  # refused as a step would be
+            except ProtocolError as e:
+                raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}; no session was stepped") from None
         try:
             actions = decode_actions(fields["actions"], len(self.actions), self.actions)
         except ProtocolError as e:
