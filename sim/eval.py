@@ -968,6 +968,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=float, default=None, metavar="S",
                    help="a teacher's sampler shift of its Euler noise levels (default: the engine's, 3); "
                         "higher spends more of the steps at high noise")
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="a teacher's action guidance: v_uncond + G * (v_cond - v_uncond), two passes per step "
+                        "(default: the engine's, 1 = off; the teacher saw the null action on 10%% of frames)")
     p.add_argument("--long", type=int, default=None, metavar="N",
                    help="instead of the tables above: a free rollout of N frames per seed beside the real scene, "
                         "sharpness and colour per window against the real frames' (eval.json['long_rollout'], "
@@ -994,6 +997,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--shift must be > 0, got {args.shift}")
     if args.shift is not None and args.dsa:
         p.error("--shift sets a teacher's Euler levels; a student's levels are fixed by its training")
+    if args.guidance is not None and not args.guidance > 0:
+        p.error(f"--guidance must be > 0, got {args.guidance}")
+    if args.guidance is not None and args.dsa:
+        p.error("--guidance sets a teacher's sampler; a student's steps take one pass each")
     if args.context_noise is not None and not 0.0 <= args.context_noise < 1.0:
         p.error(f"--context-noise must lie in [0, 1), got {args.context_noise}")
     return args
@@ -1017,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sim.sampler.context_noise = args.context_noise
     if args.shift is not None:
         sim.sampler.shift = args.shift
+    if args.guidance is not None:
+        sim.sampler.guidance = args.guidance
     if args.dsa and not getattr(sim, "few_step", False):
         sys.exit(f"error: --dsa measures a distilled student; {checkpoint} is a many-step teacher")
     scene = args.scene or sim.scene
@@ -1033,6 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "device": str(getattr(sim, "device", args.device)),
               "context_noise": float(getattr(getattr(sim, "sampler", None), "context_noise", 0.0)),
               "shift": float(getattr(getattr(sim, "sampler", None), "shift", float("nan"))),
+              "guidance": float(getattr(getattr(sim, "sampler", None), "guidance", 1.0)),
               "command": "python -m sim.eval " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.long:
         report = run_long(sim, scene, seeds, args.long, args.long_window, context=args.context, policies=args.policies,

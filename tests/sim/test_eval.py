@@ -341,3 +341,16 @@ def test_shift_moves_a_teachers_euler_levels_and_so_its_frames(tiny_checkpoint, 
     for bad in (["--shift", "0"], ["--dsa", "--shift", "2"]):
         with pytest.raises(SystemExit):
             ev.parse_args(bad)
+
+
+def test_guidance_runs_a_teacher_with_action_guidance_and_changes_its_frames(tiny_checkpoint, tmp_path):
+    common = ["--checkpoint", str(tiny_checkpoint), "--seeds", "1", "--horizon", "2", "--steps", "2",
+              "--policies", "explore", "--device", "cpu"]
+    plain = ev.main(common + ["--out", str(tmp_path / "plain")])
+    guided = ev.main(common + ["--guidance", "3", "--out", str(tmp_path / "guided")])
+    assert plain["config"]["guidance"] == 1.0 and guided["config"]["guidance"] == 3.0
+    psnr = [r["results"]["explore"]["steps2"]["next_frame"]["psnr"]["mean"] for r in (plain, guided)]
+    assert psnr[0] != psnr[1]  # v_uncond + 3 (v_cond - v_uncond) is another velocity
+    for bad in (["--guidance", "0"], ["--guidance", "-1"], ["--dsa", "--guidance", "2"]):
+        with pytest.raises(SystemExit):
+            ev.parse_args(bad)
