@@ -124,14 +124,16 @@ class FakeEngine:
         pass
 
 
-def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector: int = 0) -> dict:
+def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector: int = 0,
+               obs_part: bool = True) -> dict:
     """The server's own Python per request with the sockets taken out (`--logic-only`).
 
     A Server over a FakeEngine; each round hands `sessions` packed step requests straight to
     the loop's handler (asking whether the batch is due after each, as the loop does), runs the
     full batch and builds, packs and drops its replies. Medians over rounds after the first 100:
     what is left for zmq (recv, send) and the engine is outside these figures. vector K: the
-    sessions belong to sessions / K clients, each sending one step_many for its K per round.
+    sessions belong to sessions / K clients, each sending one step_many for its K per round
+    (obs_part: its frames as a message part of their own, as SimVectorEnv asks from protocol 3).
     """
     import msgpack
     from controls.server import Host, Server, ServerConfig
@@ -153,7 +155,7 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
         action = [0, 1, 0, 0, 1, 0]
         if vector:
             steps = [[o, msgpack.packb({"op": "step_many", "id": 1, "sessions": list(server.host._owned[o]),
-                                        "actions": [action] * per})] for o in owners]
+                                        "actions": [action] * per, "obs_part": obs_part})] for o in owners]
         else:
             steps = [[o, msgpack.packb({"op": "step", "id": 1, "session": next(iter(server.host._owned[o])),
                                         "action": action})] for o in owners]
@@ -174,10 +176,11 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
         server.socket = socket
         server._release()
     rx, tx = float(np.median(receive[100:])), float(np.median(run[100:]))
-    result = {"sessions": sessions, "vector": vector, "batches": batches, "frame_shape": [resolution, resolution, 3],
+    result = {"sessions": sessions, "vector": vector, "obs_part": bool(vector and obs_part), "batches": batches, "frame_shape": [resolution, resolution, 3],
               "receive_ms_per_batch": 1e3 * rx, "receive_us_per_request": 1e6 * rx / sessions,
               "run_and_replies_ms_per_batch": 1e3 * tx, "run_and_replies_us_per_request": 1e6 * tx / sessions}
-    how = f"step_many of {vector} from each of {sessions // vector} clients" if vector else "one step per client"
+    how = (f"step_many of {vector} from each of {sessions // vector} clients, frames "
+           f"{'as a message part' if obs_part else 'inside the body'}" if vector else "one step per client")
     print(f"dsa-sim server logic, sockets taken out, {sessions} sessions ({how}), {resolution}x{resolution} frames, "
           f"median of {batches} batches: receiving + checks + batching {result['receive_ms_per_batch']:.3f} ms "
           f"per batch ({result['receive_us_per_request']:.1f} us per step); fake engine + reply bodies + "
@@ -288,7 +291,8 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
         out.put((seed, result))
 
 
-def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: float, ready, start, out) -> None:
+def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: float, ready, start, out,
+                 obs_part: bool = True) -> None:
     """One client, `k` sessions, all stepped by one step_many request per round, as the vector env
     does: each frame's round trip is its request's. Results go to `out` as from `drive`, one
     per session, numbered first..first+k-1."""
@@ -300,14 +304,14 @@ def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: fl
             A = c.spec()["action_space"]["n"]
             t_end = time.perf_counter() + warmup_s
             while time.perf_counter() < t_end:
-                c.step_many(rng.integers(0, 2, (k, A)), sessions)
+                c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part)
             ready.wait()
             start.wait()  # the main thread reads the server's stats in between
             results = [{"round_trips": [], "steps": {}} for _ in range(k)]
             t_end = time.perf_counter() + seconds
             while time.perf_counter() < t_end:
                 t0 = time.perf_counter()
-                infos = c.step_many(rng.integers(0, 2, (k, A)), sessions)[4]
+                infos = c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part)[4]
                 took = time.perf_counter() - t0
                 for r, info in zip(results, infos):
                     r["round_trips"].append(took)
@@ -403,7 +407,7 @@ def drive_many(endpoint: str, sessions: int, warmup_s: float, seconds: float, re
 
 
 def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients: str = "threads",
-          vector: int = 0) -> dict:
+          vector: int = 0, obs_part: bool = True) -> dict:
     """`sessions` clients stepping at once: threads of this process, one process each, or one process for all;
     or (vector K) sessions / K client processes of K sessions each, stepping them by step_many."""
     if vector and sessions > 1:
@@ -413,7 +417,7 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(n + 1), mp.Barrier(n + 1), mp.Queue()
         workers = [mp.Process(target=drive_vector, args=(endpoint, i * vector, vector, warmup_s, seconds, ready, start,
-                                                         out), daemon=True) for i in range(n)]
+                                                         out, obs_part), daemon=True) for i in range(n)]
     elif clients == "multiplexed":
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(2), mp.Barrier(2), mp.Queue()
@@ -523,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vector", type=int, default=0, metavar="K",
                    help="the N sessions as N/K client processes of K sessions each, every round one step_many "
                         "request per client (as SimVectorEnv steps); with --logic-only, step_many requests of K")
+    p.add_argument("--inline-frames", action="store_true",
+                   help="with --vector: step_many's frames inside the msgpack reply (protocol 2's way), not as a "
+                        "message part of their own (obs_part, protocol 3): the comparison")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -532,6 +539,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--fake-engine serves no model: drop --checkpoint, --steps and --tau")
     if args.processes and args.multiplexed:
         p.error("--processes and --multiplexed are two ways to run the clients: pick one")
+    if args.inline_frames and not args.vector:
+        p.error("--inline-frames is a setting of step_many's replies: add --vector K")
     if args.vector and (args.processes or args.multiplexed):
         p.error("--vector runs its own client processes: drop --processes and --multiplexed")
     if args.vector < 0 or (args.vector and args.sessions % args.vector):
@@ -543,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.logic_only:
         if args.checkpoint or args.tiny or args.tiny_student or args.steps is not None or args.tau is not None:
             p.error("--logic-only runs the fake engine: drop --checkpoint, --tiny, --steps and --tau")
-        result = logic_only(args.sessions, vector=args.vector)
+        result = logic_only(args.sessions, vector=args.vector, obs_part=not args.inline_frames)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return result
@@ -573,7 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
                 server.steps_text = results[0]["steps_text"]
             try:
                 one = phase(server.endpoint, 1, args.warmup, args.seconds)
-                many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients, args.vector)
+                many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients, args.vector,
+                             not args.inline_frames)
             except ServerGone as e:
                 print(f"bench_server: {e}", file=sys.stderr)
                 raise

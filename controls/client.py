@@ -36,10 +36,11 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from zmq.utils.monitor import recv_monitor_message
 
-from controls.protocol import (DEFAULT_ENDPOINT, NO_SESSION, NO_SNAPSHOT, STEP_MANY_VERSION, ProtocolError,
-                               check_request, decode_frame, pack, unpack_reply)
+from controls.protocol import (DEFAULT_ENDPOINT, MAX_STEP_MANY, NO_SESSION, NO_SNAPSHOT, OBS_PART_VERSION,
+                               STEP_MANY_VERSION, ProtocolError, check_request, decode_frame, pack, unpack_reply)
 
 TICK_RATE_HZ = 20
+PARTS = "__parts__"  # where a reply read off the socket keeps its message parts after the first
 
 
 class ServerError(RuntimeError):
@@ -100,7 +101,7 @@ class Calls(abc.ABC):
         if op in ("reset", "restore"):
             self._restarted = False
         if "obs" in reply and isinstance(reply["obs"], dict):
-            reply["obs"] = decode_frame(reply["obs"])
+            reply["obs"] = decode_frame(reply["obs"], reply.pop(PARTS, None))
         return reply
 
     @staticmethod
@@ -132,22 +133,24 @@ class Calls(abc.ABC):
         r = self.request("step", action=self.action_list(action), session=session)
         return r["obs"], r["reward"], r["terminated"], r["truncated"], r["info"]
 
-    def step_many(self, actions: Any, sessions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                        np.ndarray, list[dict]]:
+    def step_many(self, actions: Any, sessions: Sequence[str], obs_part: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """Step several of this client's sessions in one request (protocol 2): actions [N, A], one
         row per session. (frames [N, H, W, 3], rewards [N], terminated [N], truncated [N], infos).
-        One bad session or action refuses the whole request and no session steps."""
-        r = self.request("step_many", **self.many_fields(actions, sessions))
+        One bad session or action refuses the whole request and no session steps.
+        obs_part (protocol 3 servers): the frames travel as a message part of their own and come
+        back as a view of the received message (this reply's own), with no copy on either side."""
+        r = self.request("step_many", **self.many_fields(actions, sessions, obs_part))
         return (r["obs"], np.asarray(r["reward"], np.float32), np.asarray(r["terminated"], bool),
                 np.asarray(r["truncated"], bool), r["info"])
 
     @staticmethod
-    def many_fields(actions: Any, sessions: Sequence[str]) -> dict:
+    def many_fields(actions: Any, sessions: Sequence[str], obs_part: bool = False) -> dict:
         a = np.asarray(actions, dtype=np.float32)
         if a.ndim != 2 or a.shape[0] != len(sessions):
             raise ValueError(f"step_many takes one key vector per session: {len(sessions)} sessions, "
                              f"actions of shape {a.shape}")
-        return {"sessions": list(sessions), "actions": a.tolist()}
+        return {"sessions": list(sessions), "actions": a.tolist(), "obs_part": obs_part or None}
 
     def snapshot(self, session: str | None = None) -> str:
         """Fork point: an id the server keeps (the state never travels); restore it any number of times."""
@@ -233,8 +236,15 @@ class Client(Calls):
             if left <= 0 or not self._socket.poll(left * 1e3, zmq.POLLIN):
                 raise self._gone(f"no reply to {self._waiting.pop(request_id)!r} within {self.timeout_s:g} s")
             reply = unpack_reply(self._socket.recv())
-            if reply.get("id") in self._waiting:  # else a late reply to a request that timed out
-                self._replies[reply["id"]] = reply
+            if self._socket.rcvmore:  # obs_part: the frames follow as a part of their own, not copied
+                reply[PARTS] = [None] + [f.buffer for f in self._socket.recv_multipart(copy=False)]
+            rid = reply.get("id")
+            if rid is None and "error" in reply:
+                # the server could not read that request's id (over its unpacking limits, not msgpack):
+                # replies come in order, so it answers the oldest request still unanswered
+                rid = min((k for k in self._waiting if k not in self._replies), default=None)
+            if rid in self._waiting:  # else a late reply to a request that timed out
+                self._replies[rid] = reply
         return self._finish(self._replies.pop(request_id), self._waiting.pop(request_id))
 
     def close(self) -> None:
@@ -482,8 +492,12 @@ class SimVectorEnv(VectorEnv):
             raise ValueError(f"the servers differ in scene, actions or frame shape: "
                              f"{[[s[k] for k in keys] for s in specs]}")
         self.info = specs[0]
-        # each server's sub-envs step in one step_many request, unless it predates protocol 2
-        self._many = {id(c): s.get("protocol", 1) >= STEP_MANY_VERSION for c, s in zip(self.clients, specs)}
+        # each server's sub-envs step in step_many requests of at most its max_step_many sessions
+        # (one request for up to 256 envs), unless it predates protocol 2: 0, one step per env
+        self._many = {id(c): int(s.get("max_step_many", MAX_STEP_MANY)) if s.get("protocol", 1) >= STEP_MANY_VERSION
+                      else 0 for c, s in zip(self.clients, specs)}
+        # and from protocol 3 their frames come as a message part of their own (no msgpack copy)
+        self._part = {id(c): s.get("protocol", 1) >= OBS_PART_VERSION for c, s in zip(self.clients, specs)}
         self.single_action_space, self.single_observation_space = _spaces(self.info, scene)
         self.action_space = spaces.MultiBinary((self.num_envs, self.single_action_space.n))
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -540,8 +554,9 @@ class SimVectorEnv(VectorEnv):
             if not len(envs):
                 continue
             if self._many[id(c)]:
-                fields = Calls.many_fields(actions[envs], [self.sessions[i] for i in envs])
-                many.append((c, c.send("step_many", **fields), envs))
+                for chunk in np.array_split(envs, -(-len(envs) // self._many[id(c)])):
+                    fields = Calls.many_fields(actions[chunk], [self.sessions[i] for i in chunk], self._part[id(c)])
+                    many.append((c, c.send("step_many", **fields), chunk))
             else:
                 for i in envs:
                     out[int(i)] = (c, c.send("step", action=Calls.action_list(actions[i]), session=self.sessions[i]))

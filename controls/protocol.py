@@ -24,8 +24,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2  # 2 added step_many; a version 1 peer reads everything else the same
+PROTOCOL_VERSION = 3  # 2 added step_many, 3 its obs_part; a version 1 peer reads everything else the same
 STEP_MANY_VERSION = 2  # the first version with step_many (a client asks spec before sending one)
+OBS_PART_VERSION = 3  # the first with step_many's obs_part: the frames as a second message part
+MAX_STEP_MANY = 256  # sessions in one step_many: the unpacking limit on a request's arrays (spec.max_step_many)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 OPS = ("spec", "reset", "step", "step_many", "snapshot", "restore", "close", "ping", "stats")
 PROMPT_POLICIES = ("explore", "random", "idle")  # what the real scene does during a prompt
@@ -61,7 +63,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024
     max_str_len: int = 1024
     max_bin_len: int = 1024
-    max_array_len: int = 256
+    max_array_len: int = MAX_STEP_MANY  # also bounds step_many's sessions and actions
     max_map_len: int = 32
 
 
@@ -128,6 +130,7 @@ FIELDS = {
                  "a non-empty list of session id strings"),
     "actions": (lambda v: isinstance(v, list) and all(type(a) is list for a in v),
                 "a list of key vectors (lists of numbers), one per session"),
+    "obs_part": (lambda v: isinstance(v, bool), "true or false"),
 }
 OP_FIELDS = {
     "spec": ((), ()),
@@ -135,7 +138,7 @@ OP_FIELDS = {
     "stats": ((), ()),
     "reset": ((), ("session", "seed", "options")),
     "step": (("action",), ("session",)),
-    "step_many": (("sessions", "actions"), ()),
+    "step_many": (("sessions", "actions"), ("obs_part",)),
     "snapshot": ((), ("session",)),
     "restore": (("snapshot",), ("session", "new_session")),
     "close": ((), ("session", "snapshot")),
@@ -261,12 +264,24 @@ def encode_frame(frame: np.ndarray) -> dict:
     return {"frame": memoryview(frame).cast("B"), "shape": list(frame.shape), "dtype": "uint8"}
 
 
-def decode_frame(obs: dict) -> np.ndarray:
-    """The inverse of encode_frame: a fresh, writable uint8 array."""
+def part_frame(frames: np.ndarray) -> tuple[dict, np.ndarray]:
+    """step_many's frames [N, H, W, 3] with obs_part: (the obs map, the array sent as the reply's
+    second message part, as it is: no msgpack copy, and libzmq reads it in place)."""
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    return {"part": 1, "shape": list(frames.shape), "dtype": "uint8"}, frames
+
+
+def decode_frame(obs: dict, parts: list | None = None) -> np.ndarray:
+    """The inverse of encode_frame: a fresh, writable uint8 array. An obs map naming a `part`
+    reads that message part (obs_part): a view of the received message, the reply's own, not copied."""
     try:
         shape = tuple(int(n) for n in obs["shape"])
         if obs.get("dtype", "uint8") != "uint8":
             raise ValueError(f"dtype {obs['dtype']!r}")
+        if "part" in obs:
+            if not parts or not 0 < obs["part"] < len(parts):
+                raise ValueError(f"it names message part {obs['part']!r} of {len(parts or ())}")
+            return np.frombuffer(parts[obs["part"]], dtype=np.uint8).reshape(shape)
         return np.frombuffer(obs["frame"], dtype=np.uint8).reshape(shape).copy()
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"malformed frame in reply ({e}); is it a protocol {PROTOCOL_VERSION} server?") from None

@@ -52,9 +52,10 @@ import numpy as np
 import zmq
 
 import scenes
-from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, NO_SESSION, NO_SNAPSHOT,
-                               PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
-                               decode_action, decode_actions, encode_frame, request_id, unpack_request)
+from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, MAX_STEP_MANY, NO_SESSION,
+                               NO_SNAPSHOT, PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
+                               decode_action, decode_actions, encode_frame, part_frame, request_id,
+                               unpack_request)
 from controls.session import steps_arg  # the --steps flag, shared with play.py
 
 TICK_RATE_HZ = 20.0
@@ -170,7 +171,7 @@ class Host:
                 "tick_rate_hz": TICK_RATE_HZ, "max_sessions": int(self.engine.num_sessions),
                 "sessions_open": len(self.sessions), "sampler_steps": int(self.engine.sampler_steps),
                 "checkpoint": self.engine.config.get("id"), "policies": list(PROMPT_POLICIES),
-                "max_episode_steps": self.config.max_episode_steps}
+                "max_episode_steps": self.config.max_episode_steps, "max_step_many": MAX_STEP_MANY}
 
     def stats(self) -> dict:
         return {"sessions": len(self.sessions), "max_sessions": int(self.engine.num_sessions),
@@ -930,18 +931,22 @@ class Server:
                 self._advance(owner, client, now)
 
     def _reply(self, p: Pending, result: dict | ProtocolError) -> None:
+        part = None
         if isinstance(result, ProtocolError):
             self.errors += 1
             body = {"error": {"code": result.code, "message": result.message}}
         else:
             body = result  # every reply body is built fresh for its request: filled in place, not copied
             if "obs" in body:
-                body["obs"] = encode_frame(body["obs"])
+                if p.op == "step_many" and p.fields.get("obs_part"):
+                    body["obs"], part = part_frame(body["obs"])
+                else:
+                    body["obs"] = encode_frame(body["obs"])
         body["id"] = p.rid
         body["boot"] = self.boot
-        self._send(p.envelope, body)
+        self._send(p.envelope, body, part)
 
-    def _send(self, envelope: list[bytes], body: dict) -> None:
+    def _send(self, envelope: list[bytes], body: dict, part: np.ndarray | None = None) -> None:
         """Pack into the one reused buffer and send that: a frame is copied twice per reply (into the
         buffer, then into libzmq's message) instead of four times (tobytes, packb's buffer, packb's
         bytes, libzmq), and no frame-sized buffer is allocated in Python.
@@ -951,6 +956,10 @@ class Server:
         until libzmq's I/O thread is done with it (pyzmq tracks that through a garbage-collector
         thread), and measured no cheaper. One send per frame rather than send_multipart, which
         type-checks every part and combines flag enums on each call (~1.5 us a reply).
+
+        `part` (step_many's frames with obs_part) goes after the body as a message part of its
+        own, zero-copy: the engine's frame array is fresh per batch and never written again, and
+        libzmq holds a reference to it until it is sent.
         """
         self._packer.reset()  # the last reply's view is released: the buffer is free
         self._packer.pack(body)
@@ -965,7 +974,11 @@ class Server:
         try:
             for frame in envelope:
                 self.socket.send(frame, SEND_MORE)
-            self.socket.send(payload, SEND_LAST, copy=not big)
+            if part is None:
+                self.socket.send(payload, SEND_LAST, copy=not big)
+            else:
+                self.socket.send(payload, SEND_MORE, copy=not big)
+                self.socket.send(part, SEND_LAST, copy=False)
         except zmq.ZMQError:  # the client is gone or not reading: its reply is dropped, never blocks the loop
             pass
         finally:

@@ -1,5 +1,6 @@
 """step_many (protocol 2): several of one client's sessions in one request, one reply."""
 import math
+import time
 
 import msgpack
 import numpy as np
@@ -156,3 +157,72 @@ def test_in_process_step_many_matches_the_server(server, world_checkpoint, one_t
             runs.append([c.step_many(keys(t, 2), sessions)[0] for t in range(3)])
             c.request("close")
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
+def test_the_vector_env_splits_its_step_at_the_servers_step_many_limit(start_server, monkeypatch):
+    monkeypatch.setattr("controls.server.MAX_STEP_MANY", 2)  # published in spec; the real limit is 256
+    srv = start_server(max_sessions=5)
+    envs = SimVectorEnv(5, endpoints=srv.endpoint)
+    assert envs.info["max_step_many"] == 2
+    envs.reset(seed=0)
+    before = srv.server.requests
+    for t in range(2):
+        obs, _, _, _, infos = envs.step(envs.action_space.sample())
+        assert obs.shape == (5, 32, 32, 3) and list(infos["tick"]) == [t + 1] * 5
+    assert srv.server.requests - before == 2 * 3  # 5 envs: requests of 2, 2 and 1
+    envs.close()
+    srv.stop()
+
+
+def test_a_request_over_the_unpacking_limits_fails_at_once_and_the_client_goes_on(server):
+    with Client(server.endpoint, timeout_s=30) as c:
+        assert c.spec()["max_step_many"] == P.MAX_STEP_MANY
+        sessions = [c.reset(seed=3)[0]] * (P.MAX_STEP_MANY + 1)  # one array item too many: its id is unreadable
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as e:
+            c.step_many(keys(0, len(sessions)), sessions)
+        assert e.value.code == P.BAD_MESSAGE and time.monotonic() - t0 < 10
+        obs, *_ = c.step_many(keys(0, 1), sessions[:1])  # the next request gets its own reply
+        assert obs.shape == (1, 32, 32, 3)
+        c.request("close")
+
+
+def test_obs_part_sends_the_same_frames_as_a_message_part_of_their_own(server):
+    n, T = 3, 3
+    with Client(server.endpoint) as c:
+        assert c.spec()["protocol"] >= P.OBS_PART_VERSION
+        sessions = [c.reset(seed=60 + i)[0] for i in range(n)]
+        runs = {}
+        for part in (False, True):
+            for i, s in enumerate(sessions):
+                c.reset(seed=60 + i, session=s)
+            runs[part] = [c.step_many(keys(t, n), sessions, obs_part=part)[0] for t in range(T)]
+        for inline, parted in zip(runs[False], runs[True]):
+            assert parted.shape == (n, 32, 32, 3) and parted.dtype == np.uint8 and np.array_equal(inline, parted)
+        assert runs[True][0].flags.writeable and runs[False][0].flags.writeable  # the message is the reply's own
+        c.request("close")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.endpoint)
+    raw.send(P.pack({"op": "reset", "id": 0, "seed": 1}))
+    assert raw.poll(10_000)
+    session = msgpack.unpackb(raw.recv(), raw=False)["session"]
+    raw.send(P.pack({"op": "step_many", "id": 1, "sessions": [session], "actions": [[0] * A], "obs_part": True}))
+    assert raw.poll(10_000)
+    body, frames = raw.recv_multipart()
+    reply = msgpack.unpackb(body, raw=False)
+    assert reply["id"] == 1 and reply["obs"] == {"part": 1, "shape": [1, 32, 32, 3], "dtype": "uint8"}
+    assert len(frames) == 32 * 32 * 3
+    raw.send(P.pack({"op": "step_many", "id": 2, "sessions": [session], "actions": [[0] * A], "obs_part": 1}))
+    assert raw.poll(10_000)
+    parts = raw.recv_multipart()
+    assert len(parts) == 1 and msgpack.unpackb(parts[0], raw=False)["error"]["code"] == P.BAD_REQUEST
+    raw.close()
+
+
+def test_a_frame_naming_a_missing_part_is_a_clear_error():
+    obs, frames = P.part_frame(np.zeros((2, 4, 4, 3), np.uint8))
+    assert np.array_equal(P.decode_frame(obs, [None, memoryview(frames.tobytes())]), frames)
+    for parts in (None, [None], [b"x"]):
+        with pytest.raises(ValueError, match="message part"):
+            P.decode_frame(obs, parts)
