@@ -20,7 +20,8 @@
 # DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (auto|torch|triton, read by kernels.ops; default auto: Triton on CUDA).
 # BASELINE: an earlier tree's code (made as for engine.sh, carried with the command): the same bench
 # runs there first, then here, on the same machine minutes apart ($OUT/server_bench_baseline.json).
-# Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table).
+# Results: $OUT/server_bench.json (all of it) and $OUT/server_bench.log (ends in the table); NAME=X
+# names them server_bench-X.* instead, so several runs in one command keep their results apart.
 source .ci/gpu/setup.sh
 CKPT=${1:-runs/maze/distill/checkpoint}; PHASE_S=${2:-15}
 TAU=${TAU:-0.8}; STEPS=${STEPS:-adaptive}; SESSIONS=${SESSIONS:-64}; WARMUP=${WARMUP:-8}
@@ -41,7 +42,8 @@ MODES=${MODES:-inline}
 # shellcheck disable=SC2206 (the modes are words)
 FLAGS+=(--modes $MODES)
 if [ "$(echo "$MODES" | wc -w)" -gt 1 ]; then FLAGS+=(--in-process); fi
-LOG=$OUT/server_bench.log
+TAG=${NAME:+-$NAME}
+LOG=$OUT/server_bench$TAG.log
 { echo "server.sh: $CKPT, $HOW, $SESSIONS sessions, client $CLIENTS, $PHASE_S s per phase," \
        "modes $MODES, $(nproc) cores, DSA_KERNELS=${DSA_KERNELS:-auto}"
   command -v nvidia-smi >/dev/null && nvidia-smi -L || true; } | tee "$LOG"
@@ -51,7 +53,7 @@ bench() {  # bench TREE JSON: a hard stop inside one device call; SIGINT lets th
 }
 if [ -n "${BASELINE:-}" ]; then
   echo "server.sh: the baseline tree $BASELINE first" | tee -a "$LOG"
-  bench "$(realpath "$BASELINE")" "$(realpath -m "$OUT/server_bench_baseline.json")" || echo "server.sh: the baseline run failed" | tee -a "$LOG"
+  bench "$(realpath "$BASELINE")" "$(realpath -m "$OUT/server_bench${TAG}_baseline.json")" || echo "server.sh: the baseline run failed" | tee -a "$LOG"
   echo "server.sh: this tree" | tee -a "$LOG"
 fi
-bench "$PWD" "$(realpath -m "$OUT/server_bench.json")"
+bench "$PWD" "$(realpath -m "$OUT/server_bench$TAG.json")"
