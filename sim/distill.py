@@ -14,7 +14,11 @@ One generator update:
    online critic (fake score, trained by flow matching on the student's own frames) each
    predict x0; the student moves along (fake - real), normalised per frame (DMD2).
 4. Confidence: the head at step k* learns exp(-mse(x0_k*, x0_kmax) / conf_scale), a target
-   that needs no extra data: 1 when more steps would change nothing.
+   that needs no extra data: 1 when more steps would change nothing. Or (conf_target "real")
+   exp(-mse(x0_k*, real) / conf_scale) on the first generated frames, whose context is still
+   near the real clip's: how good this frame is, the per-frame error the eval ranks, so a frame
+   the head calls hard gets more steps. The head reads detached features either way, so it can
+   also learn alone on a finished student's rollouts (`confidence_loss`, `--head-only`).
 5. Optional regression (`regress_weight` > 0): the exit step's x0 is also pulled, by MSE, toward
    the real frame the clip holds at that position. The rollout followed the clip's own actions, so
    that frame is what a perfect student would have made from its own (imperfect) context: the
@@ -252,14 +256,38 @@ def generator_gan_loss(critic: WorldModel, disc: FrameDiscriminator, x0: torch.T
             p.requires_grad_(True)
 
 
+def confidence_bce(conf: torch.Tensor, target: torch.Tensor, frames: int = 0) -> torch.Tensor:
+    """Binary cross-entropy of confidences [B, G] against soft targets [B, G] in [0, 1], over the
+    first `frames` generated frames (0: all), written out so that it is autocast-safe."""
+    n = frames or conf.shape[1]
+    c, t = conf[:, :n].float().clamp(1e-6, 1 - 1e-6), target[:, :n].float()
+    return -(t * c.log() + (1 - t) * (1 - c).log()).mean()
+
+
+def confidence_loss(student, ro: Rollout, z_prompt, actions, cache_last_step: bool,
+                    frames: int = 0) -> tuple[torch.Tensor, dict]:
+    """The confidence head's loss alone (`--head-only`): the exit step's forward for every generated
+    frame, as in `student_losses`, with no teacher, critic or generator gradient."""
+    K = z_prompt.shape[1]
+    ctx, s_ctx = clip_inputs(z_prompt, ro, cache_last_step)
+    B, G = ro.x0.shape[:2]
+    x, s = with_prompt(z_prompt, ro.x_in, ro.s_exit[:, None].expand(B, G))
+    _, conf = student(x, s, actions, ctx, s_ctx, return_confidence=True, detach_confidence=True)
+    loss = confidence_bce(conf[:, K:], ro.conf_target, frames)
+    n = frames or G
+    return loss, {"conf_loss": loss.item(), "conf_target": ro.conf_target[:, :n].mean().item(),
+                  "conf": conf[:, K:K + n].float().mean().item()}
+
+
 def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cache_last_step: bool,
                    guidance: float = 1.0, z_real: torch.Tensor | None = None, regress_frames: int = 0,
-                   disc: FrameDiscriminator | None = None) -> StudentLosses:
+                   disc: FrameDiscriminator | None = None, conf_frames: int = 0) -> StudentLosses:
     """The student's losses for one rollout, with gradient through the exit step. z_real
     [B, G, C, h, w]: the clip's real latents at the generated positions; the regression loss is
     their MSE to the exit step's x0 over the first `regress_frames` generated frames (0: all G;
     None without z_real). With `disc`, the GAN term (the critic given must then be the bare
-    WorldModel, whose `hidden` the classifier reads)."""
+    WorldModel, whose `hidden` the classifier reads). The confidence head learns on the first
+    `conf_frames` generated frames (0: all)."""
     K = z_prompt.shape[1]
     ctx, s_ctx = clip_inputs(z_prompt, ro, cache_last_step)
     B, G = ro.x0.shape[:2]
@@ -268,8 +296,7 @@ def student_losses(student, ro: Rollout, teacher, critic, z_prompt, actions, cac
     x0 = ro.x_in - ro.s_exit[:, None, None, None, None] * v[:, K:].float()
     target = dmd_target(x0, teacher, critic, z_prompt, actions, ctx, s_ctx, guidance)
     dmd = 0.5 * F.mse_loss(x0, target)
-    c, target_c = conf[:, K:].float().clamp(1e-6, 1 - 1e-6), ro.conf_target.float()
-    conf_loss = -(target_c * c.log() + (1 - target_c) * (1 - c).log()).mean()  # BCE, written out: autocast-safe
+    conf_loss = confidence_bce(conf[:, K:], ro.conf_target, conf_frames)
     n = regress_frames or G
     regress = F.mse_loss(x0[:, :n], z_real[:, :n].float()) if z_real is not None else None
     metrics = {"dmd": dmd.item(), "conf_loss": conf_loss.item(),

@@ -36,13 +36,14 @@ from sim.autoencoder import AE_PRESETS, Autoencoder, AutoencoderConfig, ae_loss,
 from sim.bundle import load_autoencoder, load_world, prefixed, save_world, unprefixed
 from sim.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint
 from sim.data import ClipConfig, scene_loader
-from sim.distill import (FrameDiscriminator, Rollout, RolloutNet, clip_inputs, critic_loss, discriminator_loss, rollout,
-                         student_levels, student_losses)
+from sim.distill import (FrameDiscriminator, Rollout, RolloutNet, clip_inputs, confidence_loss, critic_loss,
+                         discriminator_loss, rollout, student_levels, student_losses)
 from sim.metrics import psnr
 from sim.model import ModelConfig, WorldModel, count_params
 from sim.sampler import shift_levels
 
 STAGES = ("ae", "teacher", "distill", "export")
+CONF_TARGETS = ("kmax", "real")  # what the confidence head learns (TrainConfig.conf_target)
 DEFAULT_LR = {"ae": 1e-3, "teacher": 3e-4, "distill": 2e-5}
 
 
@@ -86,6 +87,9 @@ class TrainConfig:
     critic_steps: int = 2  # critic (fake score) updates per student update
     dmd_guidance: float = 1.0  # action guidance on the teacher's score; 1 = off
     conf_scale: float = 0.05  # latent MSE at which the confidence target is 1/e
+    conf_target: str = "kmax"  # the confidence head's target: closeness of the exit step's x0 to the k_max x0 (kmax) or to the clip's real frame (real)
+    conf_frames: int = 1  # conf_target real: the head learns on the first N generated frames of each rollout (their context is near the real one)
+    head_only: bool = False  # distill: train the confidence head alone on the student's rollouts (the generator, critic and DMD untouched; --init a student)
     conf_weight: float = 1.0  # weight of the confidence loss beside DMD
     regress_weight: float = 0.0  # weight of an MSE pull of each generated frame toward the clip's real frame; 0 = DMD only
     regress_frames: int = 0  # the pull only on the first N generated frames of each rollout (DMD alone on the rest); 0 = all
@@ -268,6 +272,8 @@ class Trainer:
                 init_model, _, init_config = load_world(cfg.init)
                 self.model.load_state_dict(init_model.state_dict())
                 self.init_record = lineage(cfg.init, init_config)
+            if cfg.head_only:  # the generator stays as it is: only its confidence head learns
+                self.model.requires_grad_(False).confidence.requires_grad_(True)
             self.critic = copy.deepcopy(self.teacher).requires_grad_(True)
             self.critic.confidence.requires_grad_(False)
             self.module = self.model
@@ -438,6 +444,17 @@ class Trainer:
         ro = rollout(self.rollout_net.net, z_prompt, a, z.shape[1] - K, self.levels, exit_step, cfg.conf_scale,
                      cfg.cache_last_step, cache=self.rollout_net.cache)
         ro = Rollout(*(t.float() for t in (ro.x_in, ro.s_exit, ro.x0, ro.conf_target)))
+        conf_frames = 0  # the head learns on every generated frame ...
+        if cfg.conf_target == "real":  # ... or on the first ones, toward their closeness to the real frames
+            conf_frames = min(cfg.conf_frames, ro.x0.shape[1])
+            mse = (ro.x0[:, :conf_frames] - z[:, K:K + conf_frames].float()).pow(2).flatten(2).mean(-1)
+            ro.conf_target[:, :conf_frames] = torch.exp(-mse / cfg.conf_scale)
+        self.frames_seen += B * (z.shape[1] - K) * self.world
+        if cfg.head_only:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss, metrics = confidence_loss(self.net, ro, z_prompt, a, cfg.cache_last_step, conf_frames)
+            metrics["loss"] = loss.item()
+            return loss, metrics
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             ctx, s_ctx = clip_inputs(z_prompt, ro, cfg.cache_last_step)
             critic_opt = self.extra["critic"][1]
@@ -459,8 +476,7 @@ class Trainer:
             dmd, conf_loss, gan, regress, metrics = student_losses(
                 self.net, ro, self.teacher, self.critic if self.disc is not None else self.critic_net, z_prompt, a,
                 cfg.cache_last_step, cfg.dmd_guidance, z_real=z[:, K:], regress_frames=cfg.regress_frames,
-                disc=self.disc)
-        self.frames_seen += B * (z.shape[1] - K) * self.world
+                disc=self.disc, conf_frames=conf_frames)
         metrics["critic_loss"] = c_loss.item()
         metrics.update(d_metrics)
         loss = dmd + cfg.conf_weight * conf_loss + cfg.regress_weight * regress
@@ -556,6 +572,9 @@ def field_comments(cls) -> dict[str, str]:
     return dict(found)
 
 
+CHOICES = {"stage": STAGES, "conf_target": CONF_TARGETS}
+
+
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m sim.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -567,7 +586,7 @@ def parse_args(argv=None) -> TrainConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            kw = {"choices": STAGES} if f.name == "stage" else {}
+            kw = {"choices": CHOICES[f.name]} if f.name in CHOICES else {}
             p.add_argument(flag, type=kind, default=f.default, help=text, **kw)
     args = p.parse_args(argv)
     if not 0.0 <= args.lr_final <= 1.0:
@@ -580,6 +599,12 @@ def parse_args(argv=None) -> TrainConfig:
             p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
     if args.regress_frames < 0:
         p.error(f"--regress-frames must be >= 0 (0 = every generated frame), got {args.regress_frames}")
+    if args.conf_frames < 1:
+        p.error(f"--conf-frames must be >= 1, got {args.conf_frames}")
+    if not (args.conf_scale > 0 and math.isfinite(args.conf_scale)):
+        p.error(f"--conf-scale must be a finite number > 0, got {args.conf_scale}")
+    if args.head_only and (args.stage != "distill" or not args.init):
+        p.error("--head-only trains a distilled student's confidence head: use it with --stage distill --init STUDENT")
     return TrainConfig(**vars(args))
 
 

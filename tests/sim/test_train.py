@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from sim.engine import WorldSim
 from sim.train import main as train
@@ -117,6 +118,34 @@ def test_distill_with_the_gan_term_trains_its_classifier_and_resumes_it(run_dir,
     for bad in ("-1", "inf"):
         with pytest.raises(SystemExit):
             parse_args(["--stage", "distill", "--gan-weight", bad])
+
+
+def test_head_only_trains_the_confidence_head_toward_the_real_frames_and_nothing_else(run_dir, tmp_path):
+    from sim.bundle import load_world
+    from sim.train import parse_args
+    student = tmp_path / "student"
+    common = ["--stage", "distill", *SMALL, "--batch-size", "2", "--clip-frames", "6", "--prompt-frames", "3",
+              "--k-max", "2", "--log-every", "1", "--teacher", str(run_dir / "teacher" / "checkpoint")]
+    train([*common, "--max-steps", "2", "--out", str(student)])
+    out = tmp_path / "head"
+    train([*common, "--max-steps", "3", "--head-only", "--conf-target", "real", "--conf-frames", "2",
+           "--conf-scale", "0.5", "--init", str(student / "distill" / "checkpoint"), "--out", str(out)])
+    rows = [r for r in read_metrics(out / "distill" / "metrics.jsonl") if "step" in r]
+    assert len(rows) == 3 and all("dmd" not in r and "critic_loss" not in r for r in rows)
+    losses = [r["conf_loss"] for r in rows]
+    assert all(np.isfinite(losses)) and len(set(losses)) > 1 and all(r["loss"] == r["conf_loss"] for r in rows)
+    # the real target is exp(-mse / scale) of a generated frame to its real one: in (0, 1), not the k_max
+    # target's 1 at the last step
+    assert all(0 < r["conf_target"] < 1 for r in rows)
+    before, _, _ = load_world(student / "distill" / "checkpoint")
+    after, _, config = load_world(out / "distill" / "checkpoint")
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert changed and all(k.startswith("confidence.") for k in changed)
+    assert config["training"]["config"]["conf_target"] == "real"
+    for bad in (["--head-only"], ["--stage", "distill", "--head-only"], ["--conf-target", "x"],
+                ["--conf-frames", "0"], ["--conf-scale", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_a_warm_started_run_keeps_the_training_record_of_its_init(run_dir, tmp_path):
