@@ -330,27 +330,21 @@ def test_context_noise_labels_the_committed_frames_and_changes_what_follows(tiny
         ev.parse_args(["--context-noise", "1.5"])
 
 
-def test_shift_moves_a_teachers_euler_levels_and_so_its_frames(tiny_checkpoint, tmp_path):
-    common = ["--checkpoint", str(tiny_checkpoint), "--seeds", "1", "--horizon", "2", "--steps", "2",
-              "--policies", "explore", "--device", "cpu"]
-    default = ev.main(common + ["--out", str(tmp_path / "default")])
-    shifted = ev.main(common + ["--shift", "8", "--out", str(tmp_path / "shifted")])
-    assert default["config"]["shift"] == 3.0 and shifted["config"]["shift"] == 8.0
-    psnr = [r["results"]["explore"]["steps2"]["next_frame"]["psnr"]["mean"] for r in (default, shifted)]
-    assert psnr[0] != psnr[1]  # the middle level differs (0.75 at shift 3, 0.89 at 8)
-    for bad in (["--shift", "0"], ["--dsa", "--shift", "2"]):
-        with pytest.raises(SystemExit):
-            ev.parse_args(bad)
-
-
-def test_guidance_runs_a_teacher_with_action_guidance_and_changes_its_frames(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("flag, value, default, bad", [
+    # a shift of the Euler levels: the middle level differs (0.75 at shift 3, 0.89 at 8)
+    ("shift", 8.0, 3.0, (["--shift", "0"], ["--dsa", "--shift", "2"])),
+    # action guidance: v_uncond + 3 (v_cond - v_uncond) is another velocity
+    ("guidance", 3.0, 1.0, (["--guidance", "0"], ["--guidance", "-1"], ["--dsa", "--guidance", "2"])),
+])
+def test_a_teachers_sampler_setting_is_recorded_and_changes_its_frames(tiny_checkpoint, tmp_path, flag, value,
+                                                                       default, bad):
     common = ["--checkpoint", str(tiny_checkpoint), "--seeds", "1", "--horizon", "2", "--steps", "2",
               "--policies", "explore", "--device", "cpu"]
     plain = ev.main(common + ["--out", str(tmp_path / "plain")])
-    guided = ev.main(common + ["--guidance", "3", "--out", str(tmp_path / "guided")])
-    assert plain["config"]["guidance"] == 1.0 and guided["config"]["guidance"] == 3.0
-    psnr = [r["results"]["explore"]["steps2"]["next_frame"]["psnr"]["mean"] for r in (plain, guided)]
-    assert psnr[0] != psnr[1]  # v_uncond + 3 (v_cond - v_uncond) is another velocity
-    for bad in (["--guidance", "0"], ["--guidance", "-1"], ["--dsa", "--guidance", "2"]):
+    changed = ev.main(common + [f"--{flag}", str(value), "--out", str(tmp_path / "changed")])
+    assert plain["config"][flag] == default and changed["config"][flag] == value
+    psnr = [r["results"]["explore"]["steps2"]["next_frame"]["psnr"]["mean"] for r in (plain, changed)]
+    assert psnr[0] != psnr[1]
+    for args in bad:
         with pytest.raises(SystemExit):
-            ev.parse_args(bad)
+            ev.parse_args(args)
