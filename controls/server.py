@@ -53,8 +53,8 @@ import zmq
 
 import scenes
 from controls.protocol import (BAD_MESSAGE, BAD_REQUEST, DEFAULT_ENDPOINT, INTERNAL, LIMIT, MAX_STEP_MANY, NO_SESSION,
-                               NO_SNAPSHOT, PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError, check_request,
-                               decode_action, decode_actions, encode_frame, part_frame, request_id,
+                               NO_SNAPSHOT, PROMPT_POLICIES, PROTOCOL_VERSION, SHUTTING_DOWN, Limits, ProtocolError,
+                               check_request, decode_action, decode_actions, encode_frame, part_frame, request_id,
                                unpack_request)
 from controls.session import steps_arg  # the --steps flag, shared with play.py
 

@@ -6,10 +6,7 @@ SCENE=${1:-maze}; RUN=runs/$SCENE; OUT=${OUT:-runs/gpu-out}; mkdir -p "$OUT"
 cat "$RUN"/ae/metrics.jsonl "$RUN"/teacher/metrics.jsonl > "$OUT/metrics.jsonl" 2>/dev/null
 [ -f "$RUN/eval/eval.json" ] && cp "$RUN/eval/eval.json" "$RUN/eval/rollout.png" "$OUT/" 2>/dev/null
 if [ "${2:-0}" = 1 ] && [ -d "$RUN/teacher/checkpoint" ]; then
-  python3 -c "
-import sys, torch; from sim.bundle import load_world, save_world
-m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
-save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" "$RUN/teacher/checkpoint" "$RUN/ckpt-bf16"
+  bash .ci/gpu/bf16_copy.sh "$RUN/teacher/checkpoint" "$RUN/ckpt-bf16"
   tar -C "$RUN" -cf - ckpt-bf16 | split -b 15M - "$OUT/ckpt.tar."
 fi
 ls -la "$OUT"

@@ -63,10 +63,7 @@ poll)
     [ -d runs/maze-$low/distill/checkpoint ] || continue
     cp runs/maze-$low/distill/metrics.jsonl "$DSA/metrics-$r.jsonl" 2>/dev/null
     rm -rf "$DSA/student-$r"
-    python3 -c "
-import sys, torch; from sim.bundle import load_world, save_world
-m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
-save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" runs/maze-$low/distill/checkpoint "$DSA/student-$r" \
+    bash .ci/gpu/bf16_copy.sh runs/maze-$low/distill/checkpoint "$DSA/student-$r" \
       && tar -C "$DSA" -cf - "student-$r" | split -b 15M - "$OUT/ckpt-$r.tar."
   done
   (cd "$DSA" && tar -cf "$OUT/results.tar" --exclude='student-*' --exclude='*.npz' --exclude='strip_*' .)

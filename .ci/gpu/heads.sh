@@ -15,10 +15,7 @@ TEACHER=sim/weights/maze
 RECIPE=(--scene maze --preset small --teacher "$TEACHER" --batch-size 64 --clip-frames 14 --prompt-frames 4
         --k-max 4 --workers 6 --log-every 10)
 export_bf16() {  # export_bf16 CHECKPOINT NAME: a bf16 copy, sent back in parts
-  python3 -c "
-import sys, torch; from sim.bundle import load_world, save_world
-m, ae, cfg = load_world(sys.argv[1]); cfg.pop('id', None)
-save_world(sys.argv[2], cfg, ae, m, dtype=torch.bfloat16)" "$1" "runs/heads/student-$2" &&
+  bash .ci/gpu/bf16_copy.sh "$1" "runs/heads/student-$2" &&
     tar -C runs/heads -cf - "student-$2" | split -b 15M - "$OUT/ckpt-$2.tar."
 }
 case "${1:-train}" in
