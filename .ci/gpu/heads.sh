@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One student generator, two confidence heads (issue 4), in calls that each fit the 10-minute limit:
 #   bash .ci/gpu/heads.sh train [minutes] [head_minutes]   # student K (k_max target), then head R alone
+#                                                            (head_minutes 0: student K only)
 #   bash .ci/gpu/heads.sh eval DIR_K DIR_R                   # both students' DSA eval, the teacher beside K
 # train: a student distilled from the shipped teacher with the k_max confidence target (DISTILL_FLAGS,
 # default "--regress-weight 2 --regress-frames 4"), then its confidence head alone retrained toward
@@ -27,13 +28,17 @@ train)
     ${DISTILL_FLAGS:---regress-weight 2 --regress-frames 4} --out runs/heads/k 2>&1 |
     tr '\r' '\n' | grep -v -E '^\s*$|it/s\]$' | tail -3
   export_bf16 runs/heads/k/distill/checkpoint K
-  # shellcheck disable=SC2086
-  python3 -m sim.train --stage distill "${RECIPE[@]}" --minutes "$HEAD_MIN" --head-only --conf-target real \
-    --init runs/heads/k/distill/checkpoint --lr 1e-3 --warmup-steps 20 ${HEAD_FLAGS:---conf-frames 2} \
-    --out runs/heads/r 2>&1 | tr '\r' '\n' | grep -v -E '^\s*$|it/s\]$' | tail -3
-  export_bf16 runs/heads/r/distill/checkpoint R
-  tar -cf "$OUT/train.tar" runs/heads/k/distill/metrics.jsonl runs/heads/r/distill/metrics.jsonl
-  for r in k r; do tail -2 runs/heads/$r/distill/metrics.jsonl | cut -c1-300; done
+  runs=(k)
+  if [ "$HEAD_MIN" != 0 ]; then  # head_minutes 0: student K alone
+    # shellcheck disable=SC2086
+    python3 -m sim.train --stage distill "${RECIPE[@]}" --minutes "$HEAD_MIN" --head-only --conf-target real \
+      --init runs/heads/k/distill/checkpoint --lr 1e-3 --warmup-steps 20 ${HEAD_FLAGS:---conf-frames 2} \
+      --out runs/heads/r 2>&1 | tr '\r' '\n' | grep -v -E '^\s*$|it/s\]$' | tail -3
+    export_bf16 runs/heads/r/distill/checkpoint R
+    runs+=(r)
+  fi
+  tar -C runs/heads -cf "$OUT/train.tar" "${runs[@]/%//distill/metrics.jsonl}"
+  for r in "${runs[@]}"; do tail -2 "runs/heads/$r/distill/metrics.jsonl" | cut -c1-300; done
   ;;
 eval)
   TAUS=${TAUS:-0.5 0.7 0.8 0.9 0.95}
