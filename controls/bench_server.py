@@ -448,7 +448,7 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
     if failed:
         raise RuntimeError(f"{len(failed)} of {sessions} clients failed; see the errors above")
     delta = {k: after[k] - before[k] for k in ("frames", "batches", "engine_step_s", "overhead_s", "busy_s",
-                                                "bodies_s", "replies_s")}
+                                                "bodies_s", "replies_s", "drain_s", "gc_s", "gc_runs")}
     per_batch = 1e3 / max(delta["batches"], 1)
     rt = np.concatenate([np.asarray(r["round_trips"]) for r in results.values()]) * 1e3
     frames = len(rt)
@@ -465,11 +465,16 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
             "overhead_ms_per_batch": per_batch * delta["overhead_s"],
             "overhead_us_per_frame": 1e6 * delta["overhead_s"] / max(delta["frames"], 1),
             "overhead_share": delta["overhead_s"] / max(delta["engine_step_s"], 1e-9),
-            # the overhead in three parts, ms per batch: reply bodies (info, recording), packing and
-            # sending the replies, and the rest (receiving, unpacking, checks, batching, bookkeeping)
+            # the overhead in four parts, ms per batch: reply bodies (info, recording), packing and
+            # sending the replies, receiving the requests (unpacking, checks, queueing), and the rest
+            # (starting a batch, the loop's own turns, housekeeping)
             "overhead_parts_ms_per_batch": {
                 "bodies": per_batch * delta["bodies_s"], "replies": per_batch * delta["replies_s"],
-                "receive_and_rest": per_batch * max(0.0, delta["overhead_s"] - delta["bodies_s"] - delta["replies_s"])},
+                "receiving": per_batch * delta["drain_s"],
+                "rest": per_batch * max(0.0, delta["overhead_s"] - delta["bodies_s"] - delta["replies_s"]
+                                        - delta["drain_s"])},
+            # the garbage collector's pauses, wherever they fell (engine time included)
+            "gc_ms_per_batch": per_batch * delta["gc_s"], "gc_runs": delta["gc_runs"],
             "server_busy_share": delta["busy_s"] / elapsed,
             # with the engine on its own thread the handling above runs while the GPU works: what it
             # still costs is the time the engine sits idle between batches, against its busy time
@@ -633,7 +638,8 @@ def report(args, checkpoint, clients: str, mode: str, server: "ServerUnderTest",
           f"steps per frame {many['steps_histogram']}")
     parts = many["overhead_parts_ms_per_batch"]
     print(f"  overhead per batch: reply bodies {parts['bodies']:.2f} ms, packing + sending replies "
-          f"{parts['replies']:.2f} ms, receiving + checks + batching {parts['receive_and_rest']:.2f} ms; "
+          f"{parts['replies']:.2f} ms, receiving requests {parts['receiving']:.2f} ms, the rest {parts['rest']:.2f} ms "
+          f"(garbage collection {many['gc_ms_per_batch']:.3f} ms/batch over {many['gc_runs']} runs, anywhere); "
           f"server busy {100 * many['server_busy_share']:.1f}% of the phase, engine busy "
           f"{100 * many['engine_busy_share']:.1f}%")
     print(table([one, many]))

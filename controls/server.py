@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import ipaddress
 import math
 import queue
@@ -637,6 +638,10 @@ class Server:
         self.busy_s = 0.0          # handling time, poll waits excluded
         self.bodies_s = 0.0        # of it, building a batch's reply bodies (run_steps outside engine.step)
         self.replies_s = 0.0       # of it, packing and sending a batch's replies
+        self.drain_s = 0.0         # of it, receiving requests: unpacking, checks, queueing, batching
+        self.gc_s = 0.0            # the garbage collector's pauses while serving (in whatever they interrupted)
+        self.gc_runs = 0
+        self._gc_started = 0.0
         self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
         self.step_wall_ms: deque[float] = deque(maxlen=4096)
 
@@ -674,6 +679,7 @@ class Server:
         switch = sys.getswitchinterval()
         if self.engine is not None:
             sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+        gc.callbacks.append(self._on_gc)
         try:
             while not self._stop:
                 ready = self._wait_for_requests(poller)
@@ -681,6 +687,7 @@ class Server:
                 finished = self.engine is not None and self.engine.wake in ready
                 if self.socket in ready:
                     self._drain()
+                    self.drain_s += time.perf_counter() - t0
                 if finished:
                     self._batch_done()
                 now = time.perf_counter()
@@ -691,8 +698,16 @@ class Server:
                     self._reap(now)
                 self.busy_s += time.perf_counter() - t0
         finally:
+            gc.callbacks.remove(self._on_gc)
             sys.setswitchinterval(switch)
             self._shutdown()
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_s += time.perf_counter() - self._gc_started
+            self.gc_runs += 1
 
     def _wait_for_requests(self, poller: zmq.Poller) -> dict:
         """Wait for a request (or the engine's batch), or until the batch may be due; what is ready.
@@ -993,7 +1008,8 @@ class Server:
         wall = np.asarray(self.step_wall_ms) if self.step_wall_ms else np.zeros(1)
         return {"uptime_s": uptime, "clients": len(self.clients), "requests": self.requests, "errors": self.errors,
                 "frames_per_s": self.host.frames / max(uptime, 1e-9), "busy_s": self.busy_s, "overhead_s": overhead,
-                "bodies_s": self.bodies_s, "replies_s": self.replies_s,
+                "bodies_s": self.bodies_s, "replies_s": self.replies_s, "drain_s": self.drain_s,
+                "gc_s": self.gc_s, "gc_runs": self.gc_runs,
                 "overhead_share": overhead / max(self.host.engine_step_s, 1e-9),
                 "batch_wait_ms_mean": 1e3 * self.batch_wait_s / max(self.host.batches, 1),
                 "step_wall_ms_p50": float(np.percentile(wall, 50)), "step_wall_ms_p99": float(np.percentile(wall, 99)),
@@ -1112,6 +1128,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"with --overlap and N or more sessions stepping, a batch takes half of them, so one half's "
                         f"replies are sent while the other half is on the GPU (default {d.split_batches_at}; 0: never)")
     p.add_argument("--record", default=None, metavar="DIR", help="write every session as a recording into DIR")
+    p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
+                   help="leave the objects made at start-up (model, CUDA graphs, imports) to the garbage collector's "
+                        "full collections (default: frozen out of them once the engine is warm; gc.freeze)")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE")
     p.add_argument("--curve-allowed-keys", default=None, metavar="DIR")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
@@ -1144,6 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
         if warm_s > 0.5:
             print(f"dsa-sim server: CUDA graphs of every batch size captured in {warm_s:.1f} s", flush=True)
         server = Server(Host(engine, config, scene=args.scene, checkpoint=str(checkpoint)), config)
+        if args.gc_freeze:
+            # the model, its CUDA graphs and the imports are the server's for life: out of the collector's
+            # sight, a full collection walks only what serving made, not the whole heap
+            gc.collect()
+            gc.freeze()
     except (CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"dsa-sim: {e}", file=sys.stderr)
         return 2
