@@ -220,6 +220,7 @@ class ServerUnderTest:
             cmd += ["--split-batches-at", str(split)]
             cmd += ["--steps", str(args.steps)] if args.steps is not None else []
             cmd += ["--tau", str(args.tau)] if args.tau is not None else []
+            cmd += [] if args.gc_freeze else ["--no-gc-freeze"]
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             threading.Thread(target=self._echo, daemon=True).start()
         self.spec = self._wait_for_spec(args.start_timeout)
@@ -535,6 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--inline-frames", action="store_true",
                    help="with --vector: step_many's frames inside the msgpack reply (protocol 2's way), not as a "
                         "message part of their own (obs_part, protocol 3): the comparison")
+    p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
+                   help="the server subprocess leaves its start-up objects to the garbage collector (its --no-gc-freeze)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)

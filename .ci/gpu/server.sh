@@ -16,7 +16,7 @@
 # MODES (default "inline"): how the server runs its engine, one run each (controls.bench_server
 # --modes): inline (on the loop's thread), overlap (its own thread), split (its own thread, half the
 # sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
-# Other knobs: SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
+# Other knobs: GC_FREEZE=0 (the server without gc.freeze), SESSIONS (64), WARMUP (8 s before each phase: CUDA graph captures land there),
 # DEVICE (cuda), BATCH_WAIT_MS (2), DSA_KERNELS (auto|torch|triton, read by kernels.ops; default auto: Triton on CUDA).
 # BASELINE: an earlier tree's code (made as for engine.sh, carried with the command): the same bench
 # runs there first, then here, on the same machine minutes apart ($OUT/server_bench_baseline.json).
@@ -34,6 +34,7 @@ CKPT=$(realpath "$CKPT"); SITE=/tmp/site
 FLAGS=(--checkpoint "$CKPT" --device "$DEVICE" --sessions "$SESSIONS" --seconds "$PHASE_S" --warmup "$WARMUP"
        --steps "$STEPS" --batch-wait-ms "$BATCH_WAIT_MS" --start-timeout 120)
 HOW="$STEPS steps"
+[ "${GC_FREEZE:-1}" = 0 ] && FLAGS+=(--no-gc-freeze)  # the server's start-up objects left to full collections
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
 if [ -n "${VECTOR:-}" ]; then FLAGS+=(--vector "$VECTOR"); CLIENTS="vector of $VECTOR"  # step_many clients
   if [ -n "${INLINE_FRAMES:-}" ]; then FLAGS+=(--inline-frames); CLIENTS="$CLIENTS, frames inline"; fi
