@@ -125,7 +125,7 @@ class FakeEngine:
 
 
 def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector: int = 0,
-               obs_part: bool = True) -> dict:
+               obs_part: bool = True, info_columns: bool = True) -> dict:
     """The server's own Python per request with the sockets taken out (`--logic-only`).
 
     A Server over a FakeEngine; each round hands `sessions` packed step requests straight to
@@ -133,7 +133,8 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
     full batch and builds, packs and drops its replies. Medians over rounds after the first 100:
     what is left for zmq (recv, send) and the engine is outside these figures. vector K: the
     sessions belong to sessions / K clients, each sending one step_many for its K per round
-    (obs_part: its frames as a message part of their own, as SimVectorEnv asks from protocol 3).
+    (obs_part: its frames as a message part of their own, as SimVectorEnv asks from protocol 3;
+    info_columns: its infos as one map of lists, as it asks from protocol 4).
     """
     import msgpack
     from controls.server import Host, Server, ServerConfig
@@ -155,7 +156,8 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
         action = [0, 1, 0, 0, 1, 0]
         if vector:
             steps = [[o, msgpack.packb({"op": "step_many", "id": 1, "sessions": list(server.host._owned[o]),
-                                        "actions": [action] * per, "obs_part": obs_part})] for o in owners]
+                                        "actions": [action] * per, "obs_part": obs_part,
+                                        "info_columns": info_columns})] for o in owners]
         else:
             steps = [[o, msgpack.packb({"op": "step", "id": 1, "session": next(iter(server.host._owned[o])),
                                         "action": action})] for o in owners]
@@ -176,11 +178,13 @@ def logic_only(sessions: int, batches: int = 1500, resolution: int = 128, vector
         server.socket = socket
         server._release()
     rx, tx = float(np.median(receive[100:])), float(np.median(run[100:]))
-    result = {"sessions": sessions, "vector": vector, "obs_part": bool(vector and obs_part), "batches": batches, "frame_shape": [resolution, resolution, 3],
+    result = {"sessions": sessions, "vector": vector, "obs_part": bool(vector and obs_part),
+              "info_columns": bool(vector and info_columns), "batches": batches, "frame_shape": [resolution, resolution, 3],
               "receive_ms_per_batch": 1e3 * rx, "receive_us_per_request": 1e6 * rx / sessions,
               "run_and_replies_ms_per_batch": 1e3 * tx, "run_and_replies_us_per_request": 1e6 * tx / sessions}
     how = (f"step_many of {vector} from each of {sessions // vector} clients, frames "
-           f"{'as a message part' if obs_part else 'inside the body'}" if vector else "one step per client")
+           f"{'as a message part' if obs_part else 'inside the body'}, infos "
+           f"{'as columns' if info_columns else 'one map per session'}" if vector else "one step per client")
     print(f"dsa-sim server logic, sockets taken out, {sessions} sessions ({how}), {resolution}x{resolution} frames, "
           f"median of {batches} batches: receiving + checks + batching {result['receive_ms_per_batch']:.3f} ms "
           f"per batch ({result['receive_us_per_request']:.1f} us per step); fake engine + reply bodies + "
@@ -293,7 +297,7 @@ def drive(endpoint: str, seed: int, warmup_s: float, seconds: float, ready, star
 
 
 def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: float, ready, start, out,
-                 obs_part: bool = True) -> None:
+                 obs_part: bool = True, info_columns: bool = True) -> None:
     """One client, `k` sessions, all stepped by one step_many request per round, as the vector env
     does: each frame's round trip is its request's. Results go to `out` as from `drive`, one
     per session, numbered first..first+k-1."""
@@ -305,18 +309,19 @@ def drive_vector(endpoint: str, first: int, k: int, warmup_s: float, seconds: fl
             A = c.spec()["action_space"]["n"]
             t_end = time.perf_counter() + warmup_s
             while time.perf_counter() < t_end:
-                c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part)
+                c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part, info_columns)
             ready.wait()
             start.wait()  # the main thread reads the server's stats in between
             results = [{"round_trips": [], "steps": {}} for _ in range(k)]
             t_end = time.perf_counter() + seconds
             while time.perf_counter() < t_end:
                 t0 = time.perf_counter()
-                infos = c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part)[4]
+                infos = c.step_many(rng.integers(0, 2, (k, A)), sessions, obs_part, info_columns)[4]
                 took = time.perf_counter() - t0
-                for r, info in zip(results, infos):
+                steps = infos["steps"] if info_columns else [info["steps"] for info in infos]
+                for r, n in zip(results, steps):
                     r["round_trips"].append(took)
-                    r["steps"][info["steps"]] = r["steps"].get(info["steps"], 0) + 1
+                    r["steps"][n] = r["steps"].get(n, 0) + 1
             c.request("close")
     except BaseException:
         ready.abort()
@@ -408,7 +413,7 @@ def drive_many(endpoint: str, sessions: int, warmup_s: float, seconds: float, re
 
 
 def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients: str = "threads",
-          vector: int = 0, obs_part: bool = True) -> dict:
+          vector: int = 0, obs_part: bool = True, info_columns: bool = True) -> dict:
     """`sessions` clients stepping at once: threads of this process, one process each, or one process for all;
     or (vector K) sessions / K client processes of K sessions each, stepping them by step_many."""
     if vector and sessions > 1:
@@ -418,7 +423,8 @@ def phase(endpoint: str, sessions: int, warmup_s: float, seconds: float, clients
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(n + 1), mp.Barrier(n + 1), mp.Queue()
         workers = [mp.Process(target=drive_vector, args=(endpoint, i * vector, vector, warmup_s, seconds, ready, start,
-                                                         out, obs_part), daemon=True) for i in range(n)]
+                                                         out, obs_part, info_columns), daemon=True)
+                   for i in range(n)]
     elif clients == "multiplexed":
         mp = multiprocessing.get_context("spawn")
         ready, start, out = mp.Barrier(2), mp.Barrier(2), mp.Queue()
@@ -536,6 +542,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--inline-frames", action="store_true",
                    help="with --vector: step_many's frames inside the msgpack reply (protocol 2's way), not as a "
                         "message part of their own (obs_part, protocol 3): the comparison")
+    p.add_argument("--info-rows", action="store_true",
+                   help="with --vector: step_many's infos as one map per session (protocol 3's way), not as one map "
+                        "of lists (info_columns, protocol 4): the comparison")
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
                    help="the server subprocess leaves its start-up objects to the garbage collector (its --no-gc-freeze)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
@@ -547,20 +556,23 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--fake-engine serves no model: drop --checkpoint, --steps and --tau")
     if args.processes and args.multiplexed:
         p.error("--processes and --multiplexed are two ways to run the clients: pick one")
-    if args.inline_frames and not args.vector:
-        p.error("--inline-frames is a setting of step_many's replies: add --vector K")
+    if (args.inline_frames or args.info_rows) and not args.vector:
+        p.error("--inline-frames and --info-rows are settings of step_many's replies: add --vector K")
     if args.vector and (args.processes or args.multiplexed):
         p.error("--vector runs its own client processes: drop --processes and --multiplexed")
     if args.vector < 0 or (args.vector and args.sessions % args.vector):
         p.error(f"--vector K must divide --sessions {args.sessions}")
     clients = (f"vector of {args.vector}" if args.vector else "multiplexed" if args.multiplexed
                else "processes" if args.processes else "threads")
+    clients += ", frames inline" if args.inline_frames else ""
+    clients += ", infos one map per session" if args.info_rows else ""
     if args.sessions < 1 or args.seconds <= 0:
         p.error("--sessions must be >= 1 and --seconds > 0")
     if args.logic_only:
         if args.checkpoint or args.tiny or args.tiny_student or args.steps is not None or args.tau is not None:
             p.error("--logic-only runs the fake engine: drop --checkpoint, --tiny, --steps and --tau")
-        result = logic_only(args.sessions, vector=args.vector, obs_part=not args.inline_frames)
+        result = logic_only(args.sessions, vector=args.vector, obs_part=not args.inline_frames,
+                            info_columns=not args.info_rows)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return result
@@ -591,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 one = phase(server.endpoint, 1, args.warmup, args.seconds)
                 many = phase(server.endpoint, args.sessions, args.warmup, args.seconds, clients, args.vector,
-                             not args.inline_frames)
+                             not args.inline_frames, not args.info_rows)
             except ServerGone as e:
                 print(f"bench_server: {e}", file=sys.stderr)
                 raise

@@ -36,8 +36,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from zmq.utils.monitor import recv_monitor_message
 
-from controls.protocol import (DEFAULT_ENDPOINT, MAX_STEP_MANY, NO_SESSION, NO_SNAPSHOT, OBS_PART_VERSION,
-                               STEP_MANY_VERSION, ProtocolError, check_request, decode_frame, pack, unpack_reply)
+from controls.protocol import (DEFAULT_ENDPOINT, INFO_COLUMNS_VERSION, MAX_STEP_MANY, NO_SESSION, NO_SNAPSHOT,
+                               OBS_PART_VERSION, STEP_MANY_VERSION, ProtocolError, check_request, decode_frame, pack,
+                               unpack_reply)
 
 TICK_RATE_HZ = 20
 PARTS = "__parts__"  # where a reply read off the socket keeps its message parts after the first
@@ -133,24 +134,27 @@ class Calls(abc.ABC):
         r = self.request("step", action=self.action_list(action), session=session)
         return r["obs"], r["reward"], r["terminated"], r["truncated"], r["info"]
 
-    def step_many(self, actions: Any, sessions: Sequence[str], obs_part: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    def step_many(self, actions: Any, sessions: Sequence[str], obs_part: bool = False, info_columns: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict] | dict[str, list]]:
         """Step several of this client's sessions in one request (protocol 2): actions [N, A], one
         row per session. (frames [N, H, W, 3], rewards [N], terminated [N], truncated [N], infos).
         One bad session or action refuses the whole request and no session steps.
         obs_part (protocol 3 servers): the frames travel as a message part of their own and come
-        back as a view of the received message (this reply's own), with no copy on either side."""
-        r = self.request("step_many", **self.many_fields(actions, sessions, obs_part))
+        back as a view of the received message (this reply's own), with no copy on either side.
+        info_columns (protocol 4 servers): infos is one map of N-long lists, not N maps."""
+        r = self.request("step_many", **self.many_fields(actions, sessions, obs_part, info_columns))
         return (r["obs"], np.asarray(r["reward"], np.float32), np.asarray(r["terminated"], bool),
                 np.asarray(r["truncated"], bool), r["info"])
 
     @staticmethod
-    def many_fields(actions: Any, sessions: Sequence[str], obs_part: bool = False) -> dict:
+    def many_fields(actions: Any, sessions: Sequence[str], obs_part: bool = False,
+                    info_columns: bool = False) -> dict:
         a = np.asarray(actions, dtype=np.float32)
         if a.ndim != 2 or a.shape[0] != len(sessions):
             raise ValueError(f"step_many takes one key vector per session: {len(sessions)} sessions, "
                              f"actions of shape {a.shape}")
-        return {"sessions": list(sessions), "actions": a.tolist(), "obs_part": obs_part or None}
+        return {"sessions": list(sessions), "actions": a.tolist(), "obs_part": obs_part or None,
+                "info_columns": info_columns or None}
 
     def snapshot(self, session: str | None = None) -> str:
         """Fork point: an id the server keeps (the state never travels); restore it any number of times."""
@@ -305,10 +309,10 @@ class LocalClient(Calls):
                 except ProtocolError as e:
                     error = e
                 else:
-                    batched = {id(t.session) for _, _, ts in batch for t in ts}
+                    batched = {id(t.session) for _, _, ts, _ in batch for t in ts}
                     if any(id(t.session) in batched for t in tickets):
                         self._run(batch)
-                    batch.append((rid, op, tickets))
+                    batch.append((rid, op, tickets, fields))
                     continue
             self._run(batch)
             if error is None:
@@ -321,12 +325,13 @@ class LocalClient(Calls):
 
     def _run(self, batch: list) -> None:
         if batch:
-            bodies = self.host.run_steps([t for _, _, ts in batch for t in ts], time.perf_counter())
+            results = self.host.run_steps([t for _, _, ts, _ in batch for t in ts], time.perf_counter())
             a = 0
-            for rid, op, tickets in batch:
-                mine = [self._copy(b) for b in bodies[a:a + len(tickets)]]
-                a += len(tickets)
-                self._replies[rid] = (op, mine[0] if op == "step" else self.host.many_reply(mine))
+            for rid, op, tickets, fields in batch:
+                b = a + len(tickets)
+                reply = results.body(a) if op == "step" else results.many(a, b, bool(fields.get("info_columns")))
+                self._replies[rid] = (op, self._copy(reply))
+                a = b
             batch.clear()
 
     @staticmethod
@@ -338,7 +343,7 @@ class LocalClient(Calls):
         reply = dict(reply)
         if "obs" in reply:  # the host keeps its own reference to the frame
             reply["obs"] = np.array(reply["obs"], dtype=np.uint8, copy=True)
-        if "info" in reply:
+        if isinstance(reply.get("info"), dict):  # (step_many's: a list of maps, or of columns, made for it)
             reply["info"] = dict(reply["info"])
         return reply
 
@@ -498,6 +503,8 @@ class SimVectorEnv(VectorEnv):
                       else 0 for c, s in zip(self.clients, specs)}
         # and from protocol 3 their frames come as a message part of their own (no msgpack copy)
         self._part = {id(c): s.get("protocol", 1) >= OBS_PART_VERSION for c, s in zip(self.clients, specs)}
+        # and from protocol 4 their infos as columns, laid into the vector infos whole (not env by env)
+        self._columns = {id(c): s.get("protocol", 1) >= INFO_COLUMNS_VERSION for c, s in zip(self.clients, specs)}
         self.single_action_space, self.single_observation_space = _spaces(self.info, scene)
         self.action_space = spaces.MultiBinary((self.num_envs, self.single_action_space.n))
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -555,7 +562,8 @@ class SimVectorEnv(VectorEnv):
                 continue
             if self._many[id(c)]:
                 for chunk in np.array_split(envs, -(-len(envs) // self._many[id(c)])):
-                    fields = Calls.many_fields(actions[chunk], [self.sessions[i] for i in chunk], self._part[id(c)])
+                    fields = Calls.many_fields(actions[chunk], [self.sessions[i] for i in chunk], self._part[id(c)],
+                                               self._columns[id(c)])
                     many.append((c, c.send("step_many", **fields), chunk))
             else:
                 for i in envs:
@@ -564,16 +572,22 @@ class SimVectorEnv(VectorEnv):
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
         replies: dict[int, dict] = {}
+        columns: list[tuple[np.ndarray, dict[str, list]]] = []
         for i, (client, rid) in sorted(out.items()):
             replies[i] = client.recv(rid)
         for client, rid, envs in many:
             r = client.recv(rid)
             self._frames[envs] = r["obs"]
             rewards[envs], terminated[envs], truncated[envs] = r["reward"], r["terminated"], r["truncated"]
-            replies.update((int(i), {"info": info}) for i, info in zip(envs, r["info"]))
+            if isinstance(r["info"], dict):
+                columns.append((envs, r["info"]))
+            else:
+                replies.update((int(i), {"info": info}) for i, info in zip(envs, r["info"]))
         infos: dict = {}
         for i in range(self.num_envs):
-            reply = replies[i]
+            reply = replies.get(i)
+            if reply is None:  # its info came in columns
+                continue
             if "obs" in reply:  # a reset or a single step
                 self._frames[i] = reply["obs"]
                 if i in reset_set:
@@ -581,8 +595,27 @@ class SimVectorEnv(VectorEnv):
                 else:
                     rewards[i], terminated[i], truncated[i] = reply["reward"], reply["terminated"], reply["truncated"]
             infos = self._add_info(infos, reply["info"], i)
+        for envs, info in columns:
+            infos = self._add_info_columns(infos, info, envs)
         self._autoreset = terminated | truncated
         return self._frames.copy(), rewards, terminated, truncated, infos
+
+    def _add_info_columns(self, infos: dict, columns: dict[str, list], envs: np.ndarray) -> dict:
+        """One step_many reply's info columns into the vector infos at `envs`: the arrays and `_key`
+        masks that `_add_info` would make of them env by env, made with one assignment per key."""
+        for key, values in columns.items():
+            array = infos.get(key)
+            if array is None:
+                kind = type(values[0])
+                array = (np.zeros(self.num_envs, dtype=kind) if kind in (int, float, bool)
+                         else np.full(self.num_envs, None, dtype=object))
+            array[envs] = values
+            mask = infos.get(f"_{key}")
+            if mask is None:
+                mask = np.zeros(self.num_envs, dtype=np.bool_)
+            mask[envs] = True
+            infos[key], infos[f"_{key}"] = array, mask
+        return infos
 
     def render(self) -> np.ndarray | None:
         return None if self.render_mode is None else self._frames.copy()

@@ -24,9 +24,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 3  # 2 added step_many, 3 its obs_part; a version 1 peer reads everything else the same
+PROTOCOL_VERSION = 4  # 2 added step_many, 3 its obs_part, 4 its info_columns; a version 1 peer reads the rest the same
 STEP_MANY_VERSION = 2  # the first version with step_many (a client asks spec before sending one)
 OBS_PART_VERSION = 3  # the first with step_many's obs_part: the frames as a second message part
+INFO_COLUMNS_VERSION = 4  # the first with step_many's info_columns: info as one map of lists
 MAX_STEP_MANY = 256  # sessions in one step_many: the unpacking limit on a request's arrays (spec.max_step_many)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 OPS = ("spec", "reset", "step", "step_many", "snapshot", "restore", "close", "ping", "stats")
@@ -131,6 +132,7 @@ FIELDS = {
     "actions": (lambda v: isinstance(v, list) and all(type(a) is list for a in v),
                 "a list of key vectors (lists of numbers), one per session"),
     "obs_part": (lambda v: isinstance(v, bool), "true or false"),
+    "info_columns": (lambda v: isinstance(v, bool), "true or false"),
 }
 OP_FIELDS = {
     "spec": ((), ()),
@@ -138,7 +140,7 @@ OP_FIELDS = {
     "stats": ((), ()),
     "reset": ((), ("session", "seed", "options")),
     "step": (("action",), ("session",)),
-    "step_many": (("sessions", "actions"), ("obs_part",)),
+    "step_many": (("sessions", "actions"), ("obs_part", "info_columns")),
     "snapshot": ((), ("session",)),
     "restore": (("snapshot",), ("session", "new_session")),
     "close": ((), ("session", "snapshot")),

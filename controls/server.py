@@ -128,6 +128,34 @@ class StepTicket:
     received: float                     # perf_counter when the request arrived
 
 
+@dataclass(slots=True)
+class StepResults:
+    """A batch's steps once the engine is through, by column: one entry per ticket, in batch order.
+
+    The reply bodies are cut from it per request (`body`, `many`): a step_many with
+    `info_columns` takes its slice of each column as it is, with no map built per session."""
+    sessions: list[str]
+    frames: np.ndarray                  # uint8 [B, H, W, 3], the engine's own
+    truncated: list[bool]
+    info: dict[str, list]               # steps, passes, confidence, latency_ms, wall_ms, batch, tick, over_budget
+
+    def info_at(self, i: int) -> dict:
+        return {k: v[i] for k, v in self.info.items()}
+
+    def body(self, i: int) -> dict:
+        """Step i's reply body (a `step`'s)."""
+        return {"session": self.sessions[i], "obs": self.frames[i], "reward": 0.0, "terminated": False,
+                "truncated": self.truncated[i], "info": self.info_at(i)}
+
+    def many(self, a: int, b: int, columns: bool = False) -> dict:
+        """Steps a..b-1 as one step_many reply body: its frames a slice of the engine's (no copy);
+        info one map per session, or with `columns` one map of lists."""
+        n = b - a
+        info = {k: v[a:b] for k, v in self.info.items()} if columns else [self.info_at(i) for i in range(a, b)]
+        return {"sessions": self.sessions[a:b], "obs": self.frames[a:b], "reward": [0.0] * n,
+                "terminated": [False] * n, "truncated": self.truncated[a:b], "info": info}
+
+
 class Host:
     """Sessions over one engine: open, prompt, step in batches, snapshot, restore, close, expire."""
 
@@ -365,16 +393,6 @@ class Host:
             s.last_used = s.last_step = now
         return [StepTicket(s, a, now) for s, a in zip(sessions, actions)]
 
-    @staticmethod
-    def many_reply(bodies: list[dict], frames: np.ndarray | None = None) -> dict:
-        """step_many's one reply from its sessions' step bodies, in request order. frames: those
-        sessions' frames as one array [N, H, W, 3] (a slice of the engine's batch: no copy); None
-        stacks the bodies' own."""
-        return {"sessions": [b["session"] for b in bodies],
-                "obs": frames if frames is not None else np.stack([b["obs"] for b in bodies]),
-                "reward": [b["reward"] for b in bodies], "terminated": [b["terminated"] for b in bodies],
-                "truncated": [b["truncated"] for b in bodies], "info": [b["info"] for b in bodies]}
-
     def wait_ms(self, ticket: StepTicket) -> float:
         """How long this step may wait for others: the batch wait, less if its budget needs it."""
         wait = self.config.batch_wait_ms
@@ -383,8 +401,8 @@ class Host:
             wait = min(wait, max(0.0, budget - (self.engine_ms_ema or 0.0)))
         return wait
 
-    def run_steps(self, tickets: list[StepTicket], now: float) -> list[dict]:
-        """One batched engine step for sessions on distinct rows; one reply body per ticket."""
+    def run_steps(self, tickets: list[StepTicket], now: float) -> StepResults:
+        """One batched engine step for sessions on distinct rows."""
         return self.finish_steps(tickets, *self.step_engine(self.engine_inputs(tickets, now)))
 
     def engine_inputs(self, tickets: list[StepTicket], now: float) -> tuple[list[int], np.ndarray, float | None]:
@@ -412,23 +430,29 @@ class Host:
         return frames, reports, done
 
     def finish_steps(self, tickets: list[StepTicket], frames: np.ndarray, reports: list[dict],
-                     done: float) -> list[dict]:
-        """The sessions' part of a batch, once the engine is through: ticks, recordings, reply bodies."""
-        replies = []
-        for t, frame, report in zip(tickets, frames, reports):
+                     done: float) -> StepResults:
+        """The sessions' part of a batch, once the engine is through: ticks, recordings, the results."""
+        B = len(tickets)
+        wall, ticks, truncated, over = [0.0] * B, [0] * B, [False] * B, [False] * B
+        for i, t in enumerate(tickets):
             s = t.session
             s.tick += 1
-            s.frame = frame
-            wall_ms = (done - t.received) * 1e3
-            truncated = s.max_episode_steps is not None and s.tick >= s.max_episode_steps
-            info = {"steps": int(report["steps"]), "passes": int(report.get("passes", report["steps"])),
-                    "confidence": float(report.get("confidence", float("nan"))),
-                    "latency_ms": float(report["latency_ms"]), "wall_ms": wall_ms, "batch": len(tickets),
-                    "tick": s.tick, "over_budget": s.latency_budget_ms is not None and wall_ms > s.latency_budget_ms}
-            self._record_frame(s, t.action, frame, info)
-            replies.append({"session": s.token, "obs": frame, "reward": 0.0, "terminated": False,
-                            "truncated": truncated, "info": info})
-        return replies
+            s.frame = frames[i]
+            wall[i] = w = (done - t.received) * 1e3
+            ticks[i] = s.tick
+            truncated[i] = s.max_episode_steps is not None and s.tick >= s.max_episode_steps
+            over[i] = s.latency_budget_ms is not None and w > s.latency_budget_ms
+        results = StepResults(
+            [t.session.token for t in tickets], frames, truncated,
+            {"steps": [int(r["steps"]) for r in reports],
+             "passes": [int(r.get("passes", r["steps"])) for r in reports],
+             "confidence": [float(r.get("confidence", float("nan"))) for r in reports],
+             "latency_ms": [float(r["latency_ms"]) for r in reports], "wall_ms": wall, "batch": [B] * B,
+             "tick": ticks, "over_budget": over})
+        if self.config.record_dir:
+            for i, t in enumerate(tickets):
+                self._record_frame(t.session, t.action, frames[i], results.info_at(i))
+        return results
 
     @contextlib.contextmanager
     def _budget(self, budget_ms: float | None):
@@ -868,22 +892,21 @@ class Server:
             return
         try:
             frames, reports, done = self.host.step_engine(self.host.engine_inputs(tickets, start))
-            results: list = self.host.finish_steps(tickets, frames, reports, done)
+            results: StepResults | ProtocolError = self.host.finish_steps(tickets, frames, reports, done)
         except Exception as e:
-            results, frames, done = self._failed(e, len(tickets)), None, time.perf_counter()
-        self._send_batch(batch, results, done, frames)
+            results, done = self._failed(e), time.perf_counter()
+        self._send_batch(batch, results, done)
 
     def _batch_done(self, go_on: bool = True, timeout_s: float | None = None) -> None:
         """The engine thread is through with the running batch: start the next one (unless not
         `go_on`: at shutdown), then answer this one."""
         batch, self.running = self.running, []
         tickets = [t for p in batch for t in p.tickets]
+        results: StepResults | ProtocolError | None = None
         try:
             frames, reports, done = self.engine.collect(timeout_s)
         except Exception as e:
-            results, frames = self._failed(e, len(tickets)), None
-        else:
-            results = None
+            results = self._failed(e)
         if go_on:
             self._release_held()
             if self.batch and self._batch_due(time.perf_counter()):
@@ -893,8 +916,8 @@ class Server:
             try:
                 results = self.host.finish_steps(tickets, frames, reports, done)
             except Exception as e:
-                results, frames = self._failed(e, len(tickets)), None
-        self._send_batch(batch, results, built_from, frames)
+                results = self._failed(e)
+        self._send_batch(batch, results, built_from)
 
     def _release_held(self) -> None:
         """The engine is free for a moment: the resets, snapshots and restores waiting for it go on."""
@@ -906,29 +929,28 @@ class Server:
                 self._advance(owner, client, now)
 
     @staticmethod
-    def _failed(e: Exception, n: int) -> list[ProtocolError]:
+    def _failed(e: Exception) -> ProtocolError:
         traceback.print_exc()
-        return [ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")] * n
+        return ProtocolError(INTERNAL, f"the engine step failed ({type(e).__name__}: {e})")
 
-    def _send_batch(self, batch: list[Pending], results: list, built_from: float,
-                    frames: np.ndarray | None = None) -> None:
-        """Reply to every step of a batch (results: one per ticket, in the batch's order; frames:
-        the engine's [B, H, W, 3], which a step_many reply sends a slice of), then let its clients'
-        next requests through."""
+    def _send_batch(self, batch: list[Pending], results: StepResults | ProtocolError, built_from: float) -> None:
+        """Reply to every step of a batch (results: its steps in the batch's order, or the error
+        that failed them all), then let its clients' next requests through."""
         a = 0
-        replies = []
+        replies: list[dict | ProtocolError] = []
         for p in batch:
             b = a + len(p.tickets)
-            mine = results[a:b]
             for t in p.tickets:
                 self._inflight.discard(id(t.session))
-            failed = next((r for r in mine if isinstance(r, ProtocolError)), None)
-            if failed is not None or p.op == "step":
-                replies.append(failed or mine[0])
+            if isinstance(results, ProtocolError):
+                replies.append(results)
+            elif p.op == "step":
+                replies.append(results.body(a))
             else:
-                replies.append(self.host.many_reply(mine, None if frames is None else frames[a:b]))
-            self.step_wall_ms.extend(r["info"]["wall_ms"] for r in mine if isinstance(r, dict))
+                replies.append(results.many(a, b, columns=bool(p.fields.get("info_columns"))))
             a = b
+        if not isinstance(results, ProtocolError):
+            self.step_wall_ms.extend(results.info["wall_ms"])
         self.bodies_s += time.perf_counter() - built_from
         built = time.perf_counter()
         for p, reply in zip(batch, replies):

@@ -12,7 +12,8 @@
 # Each client is its own process (16 cores): 64 client threads would share one interpreter lock
 # and could cap frames/s themselves; CLIENTS=threads measures that way instead; VECTOR=K runs
 # SESSIONS/K client processes of K sessions each, stepping them by step_many (as SimVectorEnv does), the
-# frames as a message part of their own (obs_part, protocol 3); INLINE_FRAMES=1 puts them in the msgpack reply.
+# frames as a message part of their own (obs_part, protocol 3) and the infos as columns (info_columns, protocol 4);
+# INLINE_FRAMES=1 puts the frames in the msgpack reply, INFO_ROWS=1 the infos one map per session.
 # MODES (default "inline"): how the server runs its engine, one run each (controls.bench_server
 # --modes): inline (on the loop's thread), overlap (its own thread), split (its own thread, half the
 # sessions per batch); two or more modes run in-process on one engine (captured once), side by side.
@@ -38,6 +39,7 @@ HOW="$STEPS steps"
 if [ "$STEPS" = adaptive ]; then FLAGS+=(--tau "$TAU"); HOW="adaptive steps, tau $TAU"; fi
 if [ -n "${VECTOR:-}" ]; then FLAGS+=(--vector "$VECTOR"); CLIENTS="vector of $VECTOR"  # step_many clients
   if [ -n "${INLINE_FRAMES:-}" ]; then FLAGS+=(--inline-frames); CLIENTS="$CLIENTS, frames inline"; fi
+  if [ -n "${INFO_ROWS:-}" ]; then FLAGS+=(--info-rows); CLIENTS="$CLIENTS, infos one map per session"; fi
 elif [ "$CLIENTS" = processes ]; then FLAGS+=(--processes); fi
 MODES=${MODES:-inline}
 # shellcheck disable=SC2206 (the modes are words)

@@ -226,3 +226,43 @@ def test_a_frame_naming_a_missing_part_is_a_clear_error():
     for parts in (None, [None], [b"x"]):
         with pytest.raises(ValueError, match="message part"):
             P.decode_frame(obs, parts)
+
+
+def test_info_columns_carry_the_same_infos_as_one_map_per_session(server, world_checkpoint, one_torch_thread):
+    n = 3
+    local = LocalClient(local_host(str(world_checkpoint), num_sessions=n, sampler_steps=1))
+    with Client(server.endpoint) as remote:
+        assert remote.spec()["protocol"] >= P.INFO_COLUMNS_VERSION
+        for c in (remote, local):
+            sessions = [c.reset(seed=80 + i)[0] for i in range(n)]
+            rows = c.step_many(keys(0, n), sessions, obs_part=True)[4]
+            columns = c.step_many(keys(1, n), sessions, obs_part=True, info_columns=True)[4]
+            assert isinstance(rows, list) and isinstance(columns, dict)
+            assert list(columns) == list(rows[0])  # the same keys, in the same order
+            assert all(len(v) == n for v in columns.values())
+            for i, row in enumerate(rows):  # the next step of the same session: one tick on, the rest alike
+                assert columns["tick"][i] == row["tick"] + 1 and columns["steps"][i] == row["steps"]
+                assert columns["batch"][i] == row["batch"] == n
+                assert all(type(columns[k][i]) is type(v) for k, v in row.items())
+            c.request("close")
+    with pytest.raises(ServerError) as e:
+        local.request("step_many", sessions=["a" * 16], actions=[[0] * A], info_columns=1)
+    assert e.value.code == P.BAD_REQUEST
+
+
+def test_the_vector_env_lays_info_columns_into_the_infos_gymnasium_would_make(start_server):
+    srv = start_server(max_sessions=4)
+    envs = SimVectorEnv(4, endpoints=srv.endpoint)
+    assert all(envs._columns.values())
+    envs.reset(seed=0)
+    a = envs.action_space.sample()
+    _, _, _, _, columns = envs.step(a)
+    envs._columns = dict.fromkeys(envs._columns, False)  # as against a protocol 3 server: one map per env
+    _, _, _, _, rows = envs.step(a)
+    assert sorted(columns) == sorted(rows) and "_tick" in columns
+    for k in rows:
+        assert columns[k].dtype == rows[k].dtype and columns[k].shape == rows[k].shape, k
+    assert list(rows["tick"]) == [t + 1 for t in columns["tick"]] and columns["_steps"].all()
+    assert np.array_equal(columns["steps"], rows["steps"]) and np.array_equal(columns["batch"], rows["batch"])
+    envs.close()
+    srv.stop()
