@@ -379,12 +379,15 @@ class Host:
         """Check a step_many request, all of it before any session is touched: one bad session or
         action refuses the whole request (naming which), and no session steps."""
         self.owner_seen[owner] = now
-        sessions = []
+        sessions, open_ = [], self.sessions
         for i, token in enumerate(fields["sessions"]):
-            try:
-                sessions.append(self._session(owner, {"session": token}))  # refused as a step would be
-            except ProtocolError as e:
-                raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}; no session was stepped") from None
+            s = open_.get(token)
+            if s is None or s.owner != owner:
+                try:
+                    self._session(owner, {"session": token})  # refused as a step would be, with its reason
+                except ProtocolError as e:
+                    raise ProtocolError(e.code, f"step_many sessions[{i}]: {e.message}; no session was stepped") from None
+            sessions.append(s)
         try:
             actions = decode_actions(fields["actions"], len(self.actions), self.actions)
         except ProtocolError as e:
@@ -392,6 +395,12 @@ class Host:
         for s in sessions:
             s.last_used = s.last_step = now
         return [StepTicket(s, a, now) for s, a in zip(sessions, actions)]
+
+    def wait_ms_of(self, tickets: list[StepTicket]) -> float:
+        """How long the steps of one request may wait for others: the shortest of their waits."""
+        if all(t.session.latency_budget_ms is None for t in tickets):
+            return self.config.batch_wait_ms
+        return min(self.wait_ms(t) for t in tickets)
 
     def wait_ms(self, ticket: StepTicket) -> float:
         """How long this step may wait for others: the batch wait, less if its budget needs it."""
@@ -806,16 +815,17 @@ class Server:
                     client.queue.popleft()
                     self._reply(p, e)
                     continue
-                if any(id(t.session) in self._batched for t in tickets):
+                ids = [id(t.session) for t in tickets]
+                if not self._batched.isdisjoint(ids):
                     return  # a second step of one session waits for the next batch
                 p.tickets = tickets
                 client.queue.popleft()
                 client.inflight.append(p)
                 self.batch.append(p)
+                self._batched.update(ids)
                 for t in tickets:
                     t.received = p.received
-                    self._batched.add(id(t.session))
-                    self._deadline = min(self._deadline, p.received + self.host.wait_ms(t) / 1e3)
+                self._deadline = min(self._deadline, p.received + self.host.wait_ms_of(tickets) / 1e3)
                 continue
             if client.inflight:
                 return
@@ -940,8 +950,7 @@ class Server:
         replies: list[dict | ProtocolError] = []
         for p in batch:
             b = a + len(p.tickets)
-            for t in p.tickets:
-                self._inflight.discard(id(t.session))
+            self._inflight.difference_update([id(t.session) for t in p.tickets])
             if isinstance(results, ProtocolError):
                 replies.append(results)
             elif p.op == "step":
