@@ -299,7 +299,7 @@ class LocalClient(Calls):
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
-        batch: list[tuple[int, str, list]] = []  # (request id, op, its tickets)
+        batch: list[tuple[int, str, list, dict]] = []  # (request id, op, its tickets, its fields)
         for rid, op, fields, error in queue:
             now = time.perf_counter()
             if error is None and op in ("step", "step_many"):
@@ -604,10 +604,14 @@ class SimVectorEnv(VectorEnv):
         """One step_many reply's info columns into the vector infos at `envs`: the arrays and `_key`
         masks that `_add_info` would make of them env by env, made with one assignment per key."""
         for key, values in columns.items():
+            kind = type(values[0])
+            if kind is dict or kind is np.ndarray:  # nested or array values: gymnasium's own way, env by env
+                for i, value in zip(envs, values):
+                    infos = self._add_info(infos, {key: value}, int(i))
+                continue
             array = infos.get(key)
             if array is None:
-                kind = type(values[0])
-                array = (np.zeros(self.num_envs, dtype=kind) if kind in (int, float, bool)
+                array = (np.zeros(self.num_envs, dtype=kind) if kind in (int, float, bool) or issubclass(kind, np.number)
                          else np.full(self.num_envs, None, dtype=object))
             array[envs] = values
             mask = infos.get(f"_{key}")

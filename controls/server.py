@@ -442,6 +442,10 @@ class Host:
                      done: float) -> StepResults:
         """The sessions' part of a batch, once the engine is through: ticks, recordings, the results."""
         B = len(tickets)
+        reported = {"steps": [int(r["steps"]) for r in reports],  # read first: a bad report touches no session
+                    "passes": [int(r.get("passes", r["steps"])) for r in reports],
+                    "confidence": [float(r.get("confidence", float("nan"))) for r in reports],
+                    "latency_ms": [float(r["latency_ms"]) for r in reports]}
         wall, ticks, truncated, over = [0.0] * B, [0] * B, [False] * B, [False] * B
         for i, t in enumerate(tickets):
             s = t.session
@@ -453,11 +457,7 @@ class Host:
             over[i] = s.latency_budget_ms is not None and w > s.latency_budget_ms
         results = StepResults(
             [t.session.token for t in tickets], frames, truncated,
-            {"steps": [int(r["steps"]) for r in reports],
-             "passes": [int(r.get("passes", r["steps"])) for r in reports],
-             "confidence": [float(r.get("confidence", float("nan"))) for r in reports],
-             "latency_ms": [float(r["latency_ms"]) for r in reports], "wall_ms": wall, "batch": [B] * B,
-             "tick": ticks, "over_budget": over})
+            {**reported, "wall_ms": wall, "batch": [B] * B, "tick": ticks, "over_budget": over})
         if self.config.record_dir:
             for i, t in enumerate(tickets):
                 self._record_frame(t.session, t.action, frames[i], results.info_at(i))
@@ -674,7 +674,7 @@ class Server:
         self.drain_s = 0.0         # of it, receiving requests: unpacking, checks, queueing, batching
         self.gc_s = 0.0            # the garbage collector's pauses while serving (in whatever they interrupted)
         self.gc_runs = 0
-        self._gc_started = 0.0
+        self._gc_started: float | None = None
         self.batch_wait_s = 0.0    # summed over batches: first arrival -> batch start
         self.step_wall_ms: deque[float] = deque(maxlen=4096)
 
@@ -719,8 +719,9 @@ class Server:
                 t0 = time.perf_counter()
                 finished = self.engine is not None and self.engine.wake in ready
                 if self.socket in ready:
+                    other = self.host.engine_other_s  # resets, snapshots and restores are the engine's time
                     self._drain()
-                    self.drain_s += time.perf_counter() - t0
+                    self.drain_s += time.perf_counter() - t0 - (self.host.engine_other_s - other)
                 if finished:
                     self._batch_done()
                 now = time.perf_counter()
@@ -738,9 +739,10 @@ class Server:
     def _on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
-        else:
+        elif self._gc_started is not None:  # (a collection already running when serving began: not timed)
             self.gc_s += time.perf_counter() - self._gc_started
             self.gc_runs += 1
+            self._gc_started = None
 
     def _wait_for_requests(self, poller: zmq.Poller) -> dict:
         """Wait for a request (or the engine's batch), or until the batch may be due; what is ready.

@@ -82,11 +82,30 @@ def test_the_server_counts_its_receiving_and_the_collectors_pauses(serve_fake):
         gc.collect()  # the collector's callbacks are the process's: a pause anywhere is counted
         stats = c.stats()
     assert stats["gc_runs"] >= runs + 1 and stats["gc_s"] > 0 and stats["drain_s"] <= stats["busy_s"]
+    timed, runs = server.gc_s, server.gc_runs
+    server._on_gc("stop", {})  # the end of a collection that began before the count did: not timed
+    assert (server.gc_s, server.gc_runs) == (timed, runs)
     server.stop()
     time.sleep(0.3)  # the loop ends and lets go of the collector
     runs = server.gc_runs
     gc.collect()
     assert server.gc_runs == runs
+
+
+def test_a_resets_engine_time_is_not_counted_as_receiving(serve_fake):
+    server = serve_fake(1)
+    reset = server.host.engine.reset
+
+    def slow_reset(*args, **kwargs):  # a prompt that takes the engine 50 ms
+        time.sleep(0.05)
+        return reset(*args, **kwargs)
+
+    server.host.engine.reset = slow_reset
+    with Client(server.endpoint) as c:
+        other, drained = server.host.engine_other_s, server.drain_s
+        c.reset(seed=0)
+        time.sleep(0.1)  # the turn that answered it ends
+    assert server.host.engine_other_s - other >= 0.05 and server.drain_s - drained < 0.04
 
 
 def test_the_fake_engine_bench_measures_the_server_alone(capsys):

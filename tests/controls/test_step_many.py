@@ -266,3 +266,23 @@ def test_the_vector_env_lays_info_columns_into_the_infos_gymnasium_would_make(st
     assert np.array_equal(columns["steps"], rows["steps"]) and np.array_equal(columns["batch"], rows["batch"])
     envs.close()
     srv.stop()
+
+
+def test_info_columns_of_any_kind_make_the_infos_gymnasium_would():
+    envs = SimVectorEnv.__new__(SimVectorEnv)  # only num_envs and gymnasium's _add_info are used
+    envs.num_envs = 4
+    at = np.array([3, 1])
+    columns = {"steps": [2, 4], "confidence": [0.5, float("nan")], "over": [True, False],
+               "f32": [np.float32(1.5), np.float32(2.5)], "name": ["a", "b"],
+               "trace": [np.ones(2), np.zeros(2)], "nested": [{"k": 1}, {"k": 2}]}
+    by_columns = envs._add_info_columns({}, columns, at)
+    by_rows: dict = {}
+    for j, i in enumerate(at):
+        by_rows = envs._add_info(by_rows, {k: v[j] for k, v in columns.items()}, int(i))
+    assert sorted(by_columns) == sorted(by_rows)
+    for k, v in by_rows.items():
+        if isinstance(v, dict):
+            assert all(np.array_equal(v[n], by_columns[k][n]) for n in v), k
+        else:
+            assert v.dtype == by_columns[k].dtype and v.shape == by_columns[k].shape, k
+            assert np.array_equal(v, by_columns[k], equal_nan=v.dtype.kind == "f"), k
