@@ -669,7 +669,7 @@ class Server:
         self.started = time.perf_counter()
         self.requests = self.errors = 0
         self.busy_s = 0.0          # handling time, poll waits excluded
-        self.bodies_s = 0.0        # of it, building a batch's reply bodies (run_steps outside engine.step)
+        self.bodies_s = 0.0        # of it, building a batch's reply bodies (finish_steps and the cut per request)
         self.replies_s = 0.0       # of it, packing and sending a batch's replies
         self.drain_s = 0.0         # of it, receiving requests: unpacking, checks, queueing, batching
         self.gc_s = 0.0            # the garbage collector's pauses while serving (in whatever they interrupted)
@@ -883,7 +883,7 @@ class Server:
             if stepping >= split and cut < len(batch):
                 batch, self.batch = batch[:cut], batch[cut:]
                 self._batched = {id(t.session) for p in self.batch for t in p.tickets}
-                self._deadline = min(p.received + self.host.wait_ms(t) / 1e3 for p in self.batch for t in p.tickets)
+                self._deadline = min(p.received + self.host.wait_ms_of(p.tickets) / 1e3 for p in self.batch)
                 return batch
         self.batch, self._batched, self._deadline = [], set(), float("inf")
         return batch
